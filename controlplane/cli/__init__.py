@@ -1,0 +1,1 @@
+"""The ``ccdr`` command line: one module per command group."""

@@ -1,0 +1,26 @@
+"""Root of the ``ccdr`` command line.
+
+Each command group lives in its own module under :mod:`controlplane.cli` and is
+registered here, so a reader finds ``ccdr lab ...`` in ``cli/lab.py`` and so on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from controlplane import __version__
+from controlplane.cli.config import config
+
+
+@click.group()
+@click.version_option(__version__, prog_name="ccdr")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """ccdr: keep every call-center agent working when a site fails."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(config)

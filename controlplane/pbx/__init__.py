@@ -1,0 +1,12 @@
+"""PBX adapters: one async interface, an Asterisk (AMI) and a FreeSWITCH (ESL) implementation."""
+
+from controlplane.pbx.base import (
+    Contact,
+    EventKind,
+    LinkState,
+    PbxClient,
+    PbxEvent,
+    QueueMember,
+)
+
+__all__ = ["Contact", "EventKind", "LinkState", "PbxClient", "PbxEvent", "QueueMember"]

@@ -1,0 +1,124 @@
+"""The settings tree. Frozen dataclasses; defaults live here, in code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from controlplane.errors import ConfigError
+
+PbxKind = Literal["asterisk", "freeswitch"]
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file, never the settings file.
+
+    ``repr`` and ``str`` name the reference, never the value, so a secret that
+    reaches a log line or a traceback shows as ``<secret env:NAME>``.
+    """
+
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+    def __repr__(self) -> str:
+        return f"<secret {self.describe()}>"
+
+    __str__ = __repr__
+
+    def reveal(self, path: str = "secret") -> str:
+        """Read the secret. Raises :class:`ConfigError` naming ``path`` if it is missing."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError([f"{path}: environment variable {self.env} is not set"])
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read {self.file}: {exc.strerror}"]) from None
+
+
+@dataclass(frozen=True)
+class AmiLink:
+    host: str
+    port: int = 5038
+    username: str = "ccdr"
+    secret: SecretRef = field(default_factory=lambda: SecretRef(env="CCDR_AMI_SECRET"))
+
+
+@dataclass(frozen=True)
+class EslLink:
+    host: str
+    port: int = 8021
+    password: SecretRef = field(default_factory=lambda: SecretRef(env="CCDR_ESL_PASSWORD"))
+
+
+@dataclass(frozen=True)
+class SipRegistrar:
+    host: str
+    port: int = 5060
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    region: str
+    pbx: PbxKind
+    sip: SipRegistrar
+    login_url: str
+    ami: AmiLink | None = None
+    esl: EslLink | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``initial_s * factor**n``, capped at ``max_s``, +/- ``jitter``."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int, rand: float = 0.5) -> float:
+        """Delay before retry ``attempt`` (0-based). ``rand`` in [0, 1) drives the jitter."""
+        base = min(self.max_s, self.initial_s * self.factor**attempt)
+        return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Controller timings. The 2 s detection budget is probe_interval + probe_timeout."""
+
+    probe_interval_s: float = 0.5
+    probe_timeout_s: float = 1.0
+    confirm_window_s: float = 2.0
+    connect_timeout_s: float = 3.0
+    command_timeout_s: float = 5.0
+    max_in_flight: int = 16
+    reconnect: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True)
+class Topology:
+    sites: tuple[Site, ...]
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/ccdr"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    timings: Timings = field(default_factory=Timings)
+
+    def site(self, site_id: str) -> Site:
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        known = ", ".join(s.id for s in self.sites)
+        raise ConfigError([f"sites: no site {site_id!r} (known: {known})"])
+
+    def other_sites(self, site_id: str) -> tuple[Site, ...]:
+        return tuple(s for s in self.sites if s.id != site_id)
