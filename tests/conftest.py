@@ -26,3 +26,27 @@ def need(condition: bool, why: str) -> None:
     if lab_required():
         pytest.fail(f"required component missing in CI: {why}")
     pytest.skip(why)
+
+
+# --- the two-site lab -------------------------------------------------------
+# Contract (kept by lab/): `ccdr lab up` writes $CCDR_LAB_DIR/topology.yaml
+# (default /var/lib/ccdr/lab) naming sites "a" and "b", each with AMI on 5038 and
+# PJSIP/UDP on 5060 at its own namespace address, AMI user "ccdr" with the secret
+# in a file the topology references.  Fault commands: `ccdr lab kill|freeze|thaw|
+# start|cut|heal SITE`.
+
+LAB_DIR = Path(os.environ.get("CCDR_LAB_DIR", "/var/lib/ccdr/lab"))
+
+
+@pytest.fixture(scope="session")
+def lab_topology_path() -> Path:
+    p = LAB_DIR / "topology.yaml"
+    need(p.exists(), f"the lab is not up ({p} missing): run `ccdr lab up` as root")
+    return p
+
+
+@pytest.fixture(scope="session")
+def lab_topology(lab_topology_path: Path):  # type: ignore[no-untyped-def]
+    from controlplane.settings import load_topology
+
+    return load_topology(lab_topology_path)
