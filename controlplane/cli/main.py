@@ -12,6 +12,7 @@ import click
 
 from controlplane import __version__
 from controlplane.cli.config import config
+from controlplane.cli.lab import lab
 
 
 @click.group()
@@ -24,3 +25,4 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(config)
+cli.add_command(lab)

@@ -102,7 +102,9 @@ class _Reader:
             self.bad(p, f"must be {lo}..{hi}, got {v}")
         return float(v)
 
-    def choice(self, m: Mapping[str, Any], path: str, key: str, options: tuple[str, ...], default: str | None = None) -> str:
+    def choice(
+        self, m: Mapping[str, Any], path: str, key: str, options: tuple[str, ...], default: str | None = None
+    ) -> str:
         p = _join(path, key)
         if key not in m:
             if default is None:

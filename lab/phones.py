@@ -1,0 +1,33 @@
+"""Real SIP phones for the lab: SIPp (Debian's sip-tester) registering lab extensions."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib import resources
+
+from controlplane.errors import LabError
+from lab.layout import HOST_ADDRESS, SIP_PORT, SiteSpec, phone_password
+from lab.system import require_tool
+
+
+def register(site: SiteSpec, extension: int, expires: int = 300, timeout_s: int = 10) -> None:
+    """REGISTER ``extension`` at ``site`` from the host (digest auth). Raises LabError on failure.
+
+    ``expires=0`` unregisters.
+    """
+    require_tool("sipp", "sip-tester")
+    scenario = resources.files("lab") / "sipp" / "register.xml"
+    with resources.as_file(scenario) as path:
+        cmd = [
+            "sipp", f"{site.address}:{SIP_PORT}", "-sf", str(path), "-m", "1", "-nostdin",
+            "-i", HOST_ADDRESS, "-s", str(extension), "-au", str(extension),
+            "-ap", phone_password(extension), "-key", "expires", str(expires),
+            "-timeout", f"{timeout_s}s", "-timeout_error", "-nd",
+        ]
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 5,
+                            check=False, cwd="/tmp")
+    if cp.returncode != 0:
+        tail = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-1:] or [""]
+        raise LabError(
+            f"site {site.id}: phone {extension} did not register (sipp exit {cp.returncode}) {tail[0]}"
+        )

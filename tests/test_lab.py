@@ -1,0 +1,203 @@
+"""The two-site lab, proven against real Asterisk 22 (issue: foundation).
+
+These need root and the lab (`ccdr lab up`); in CI they fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from controlplane.cli.main import cli
+from controlplane.settings import Topology
+from lab import manager
+from lab.ami_probe import AmiProbe
+from lab.layout import SITES, site
+from lab.phones import register
+
+pytestmark = pytest.mark.lab
+
+
+def _secret(topo: Topology, sid: str) -> str:
+    ami = topo.site(sid).ami
+    assert ami is not None
+    return ami.secret.reveal()
+
+
+def _login(topo: Topology, sid: str, events: str = "system") -> AmiProbe:
+    ami = topo.site(sid).ami
+    assert ami is not None
+    p = AmiProbe(ami.host, ami.port, timeout=3)
+    r = p.action("Login", Username=ami.username, Secret=_secret(topo, sid), Events=events)
+    assert r["Response"] == "Success", r
+    return p
+
+
+def _lab(*args: str) -> None:
+    r = CliRunner().invoke(cli, ["lab", *args])
+    assert r.exit_code == 0, r.output
+
+
+def _reachable(host: str, port: int, netns: str | None = None, timeout: float = 1.0) -> bool:
+    """TCP connect from the host, or from inside another site's namespace."""
+    code = (f"import socket;socket.create_connection(({host!r},{port}),timeout={timeout})")
+    cmd = [sys.executable, "-c", code]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.run(cmd, capture_output=True, timeout=timeout + 5).returncode == 0
+
+
+@pytest.fixture
+def restore_site_a() -> Iterator[None]:
+    yield
+    manager.thaw("a")
+    manager.heal("a")
+    manager.start("a")
+
+
+def test_both_sites_accept_ami_login_and_are_fully_booted(lab_topology: Topology) -> None:
+    for s in lab_topology.sites:
+        p = _login(lab_topology, s.id)
+        try:
+            ev = p.wait_event("FullyBooted", 5)
+            assert ev["Status"] == "Fully Booted"
+            assert p.banner.startswith("Asterisk Call Manager/")
+        finally:
+            p.close()
+
+
+def test_wrong_ami_secret_is_refused(lab_topology: Topology) -> None:
+    ami = lab_topology.site("a").ami
+    assert ami is not None
+    p = AmiProbe(ami.host, ami.port)
+    try:
+        r = p.action("Login", Username=ami.username, Secret="definitely-wrong")
+        assert r["Response"] == "Error"
+    finally:
+        p.sock.close()
+
+
+@pytest.mark.parametrize("sid", [s.id for s in SITES])
+def test_sip_phone_registers_and_registration_is_seen(lab_topology: Topology, sid: str) -> None:
+    p = _login(lab_topology, sid)
+    try:
+        p.wait_event("FullyBooted", 5)
+        register(site(sid), 1002, expires=0)  # start from "not registered"
+        register(site(sid), 1002, expires=120)
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline and seen is None:
+            ev = p.wait_event("ContactStatus", deadline - time.monotonic())
+            if ev.get("AOR") == "1002" and ev.get("ContactStatus") in ("Created", "NonQualified", "Reachable"):
+                seen = ev
+        assert seen is not None, "no ContactStatus for 1002"
+        # Lab phones are not qualified, so Asterisk 22 reports "NonQualified" for a new contact.
+        assert seen["URI"].startswith("sip:1002@10.77.0.1")
+    finally:
+        register(site(sid), 1002, expires=0)
+        p.close()
+
+
+def test_freeze_silences_ami_with_tcp_open_and_thaw_restores(
+    lab_topology: Topology, restore_site_a: None
+) -> None:
+    p = _login(lab_topology, "a")
+    try:
+        assert p.action("Ping")["Response"] == "Success"
+        _lab("freeze", "a")
+        p.sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):  # no answer, and not a closed connection (b"" -> LabError)
+            p.action("Ping")
+        _lab("thaw", "a")
+        p.sock.settimeout(3.0)
+        # The Ping sent while frozen is answered first, then ours.
+        assert p.action("Ping")["Response"] == "Success"
+    finally:
+        p.sock.close()
+
+
+def test_kill_then_start_ami_answers_again(lab_topology: Topology, restore_site_a: None) -> None:
+    ami = lab_topology.site("a").ami
+    assert ami is not None
+    _lab("kill", "a")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((ami.host, ami.port), timeout=2)
+    st = manager.status()["sites"]["a"]
+    assert st["asterisk"]["state"] == "stopped" and st["ami"]["state"] == "down"
+    _lab("start", "a")
+    p = _login(lab_topology, "a")
+    try:
+        assert p.action("Ping")["Response"] == "Success"
+    finally:
+        p.close()
+
+
+def test_cut_isolates_site_both_ways_and_heal_restores(
+    lab_topology: Topology, restore_site_a: None
+) -> None:
+    a, b = site("a"), site("b")
+    assert _reachable(a.address, 5038) and _reachable(a.address, 5038, netns=b.netns)
+    assert _reachable(b.address, 5038, netns=a.netns)
+    _lab("cut", "a")
+    assert not _reachable(a.address, 5038), "host still reaches a"
+    assert not _reachable(a.address, 5038, netns=b.netns), "b still reaches a"
+    assert not _reachable(b.address, 5038, netns=a.netns), "a still reaches b"
+    assert _reachable(b.address, 5038), "cutting a must not cut b"
+    _lab("heal", "a")
+    assert _reachable(a.address, 5038) and _reachable(a.address, 5038, netns=b.netns)
+    assert _reachable(b.address, 5038, netns=a.netns)
+
+
+def test_status_json_names_every_component(lab_topology: Topology) -> None:
+    r = CliRunner().invoke(cli, ["lab", "status", "--json"])
+    assert r.exit_code == 0
+    st = json.loads(r.output)
+    assert st["postgres"]["state"] == "up" and st["redis"]["state"] == "up"
+    for s in SITES:
+        got = st["sites"][s.id]
+        assert got["ami"] == {"host": s.address, "port": 5038, "state": "up"}
+        assert got["sip"]["host"] == s.address and got["sip"]["port"] == 5060
+        assert got["sip"]["state"] == "up" and got["asterisk"]["state"] == "running"
+        assert got["link"] == "up"
+
+
+def test_up_twice_and_down_twice_succeed(lab_topology_path: Path) -> None:
+    """Runs last in this file: it takes the lab down and brings it back."""
+    _lab("up")
+    _lab("up")
+    _lab("down")
+    assert not lab_topology_path.exists()
+    assert not os.path.exists("/run/netns/ccdr-a")
+    _lab("down")
+    _lab("up")
+    assert lab_topology_path.exists()
+    assert manager.status()["sites"]["a"]["ami"]["state"] == "up"
+
+
+def test_lab_commands_fail_with_one_clear_line_when_not_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    r = CliRunner().invoke(cli, ["lab", "kill", "a"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [
+        "ccdr lab: ccdr lab kill must run as root (network namespaces, chroot and mounts need it)"
+    ]
+
+
+def test_fault_on_missing_namespace_fails_with_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lab.network.netns_exists", lambda name: False)
+    r = CliRunner().invoke(cli, ["lab", "cut", "b"])
+    assert r.exit_code == 1
+    assert r.output.strip() == "ccdr lab: namespace ccdr-b is missing: run `ccdr lab up` first"
