@@ -96,11 +96,16 @@ def render_baseline(site: SiteSpec, ami_secret: str, phones: int) -> dict[str, s
     return files
 
 
-def write_baseline(site: SiteSpec, files: dict[str, str]) -> None:
-    """Write the site's files; each via a temporary name and rename (never half-written)."""
-    etc = site.root_dir / "etc"
+def write_baseline(site: SiteSpec, files: dict[str, str], root_dir: Path | None = None) -> None:
+    """Write the site's files; each via a temporary name and rename (never half-written).
+
+    ``root_dir`` defaults to the site's folder in the chroot; `ccdr lab configs`
+    writes the same tree elsewhere for docker-compose to mount.
+    """
+    base = root_dir or site.root_dir
+    etc = base / "etc"
     for sub in ("etc", "etc/ccdr", "run", "log", "spool", "lib"):
-        (site.root_dir / sub).mkdir(parents=True, exist_ok=True)
+        (base / sub).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         dst = etc / name
         tmp = dst.with_name(f".{name}.tmp")

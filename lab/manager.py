@@ -148,6 +148,20 @@ def up(phones: int | None = None, say: Say = _quiet) -> dict[str, Any]:
     return status()
 
 
+def export_configs(out: Path, phones: int = DEFAULT_PHONES) -> list[Path]:
+    """Write each site's generated tree under ``out/site-<id>`` (for docker-compose).
+
+    The same files `lab up` writes into the chroot; secrets are the lab's own
+    (created if missing) and the files holding them are 0600.
+    """
+    written = []
+    for s in SITES:
+        d = out / f"site-{s.id}"
+        asterisk_site.write_baseline(s, asterisk_site.render_baseline(s, ami_secret(s), phones), d)
+        written.append(d)
+    return written
+
+
 def down(say: Say = _quiet) -> None:
     require_root("ccdr lab down")
     st = LabState.load()

@@ -201,3 +201,29 @@ def test_fault_on_missing_namespace_fails_with_one_clear_line(
     r = CliRunner().invoke(cli, ["lab", "cut", "b"])
     assert r.exit_code == 1
     assert r.output.strip() == "ccdr lab: namespace ccdr-b is missing: run `ccdr lab up` first"
+
+
+def test_docker_configs_are_the_files_the_native_lab_runs(lab_topology: Topology, tmp_path: Path) -> None:
+    phones = manager.LabState.load().phones
+    manager.export_configs(tmp_path, phones)
+    for s in SITES:
+        ours = sorted(p.name for p in (tmp_path / f"site-{s.id}" / "etc").glob("*.conf"))
+        live = sorted(p.name for p in (s.root_dir / "etc").glob("*.conf"))
+        assert ours == live and "pjsip.conf" in ours
+        for name in ours:
+            assert (tmp_path / f"site-{s.id}" / "etc" / name).read_bytes() == (
+                s.root_dir / "etc" / name
+            ).read_bytes(), name
+        assert oct((tmp_path / f"site-{s.id}" / "etc" / "manager.conf").stat().st_mode)[-3:] == "600"
+
+
+def test_docker_compose_matches_the_native_topology() -> None:
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parent.parent / "lab" / "docker-compose.yml").read_text())
+    for s in SITES:
+        svc = doc["services"][f"asterisk-{s.id}"]
+        assert svc["networks"]["ccdr"]["ipv4_address"] == s.address
+        assert svc["volumes"] == [f"./generated/site-{s.id}:{s.srv}"]
+        assert svc["environment"]["SITE"] == s.id
+    assert {"postgres", "redis"} <= set(doc["services"])

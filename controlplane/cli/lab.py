@@ -56,6 +56,19 @@ def up(phones: int | None) -> None:
 
 
 @lab.command()
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option("--phones", type=click.IntRange(0, 50000), default=20, show_default=True)
+def configs(out: str, phones: int) -> None:
+    """Write each site's generated Asterisk configuration (for lab/docker-compose.yml)."""
+    from pathlib import Path
+
+    from lab import manager
+
+    for d in _fail_clearly(lambda: manager.export_configs(Path(out), phones)):
+        click.echo(str(d))
+
+
+@lab.command()
 def down() -> None:
     """Stop all the lab started, and nothing else (idempotent)."""
     from lab import manager
