@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -22,9 +24,30 @@ def _apt_install(*packages: str) -> None:
         run(env_cmd, f"apt-get install {' '.join(packages)}", timeout=900)
 
 
+def _speaks_postgres(port: int) -> bool:
+    """An SSLRequest gets a one-byte 'S' or 'N' from any PostgreSQL server."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(struct.pack("!ii", 8, 80877103))
+            return s.recv(1) in (b"S", b"N")
+    except OSError:
+        return False
+
+
+def _speaks_redis(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH", b"-ERR"))
+    except OSError:
+        return False
+
+
 def ensure_postgres() -> bool:
     """Returns True if the lab started PostgreSQL (so `lab down` may stop it)."""
     if tcp_open("127.0.0.1", PG_PORT):
+        if not _speaks_postgres(PG_PORT):
+            raise LabError(f"port 127.0.0.1:{PG_PORT} is taken by something that is not PostgreSQL")
         return False
     if shutil.which("pg_ctlcluster") is None:
         _apt_install("postgresql")
@@ -54,7 +77,10 @@ def stop_postgres() -> None:
 
 
 def ensure_redis() -> bool:
+    """Returns True if the lab started Redis (so `lab down` may stop it)."""
     if tcp_open("127.0.0.1", REDIS_PORT):
+        if not _speaks_redis(REDIS_PORT):
+            raise LabError(f"port 127.0.0.1:{REDIS_PORT} is taken by something that is not Redis")
         return False
     if shutil.which("redis-server") is None:
         _apt_install("redis-server")

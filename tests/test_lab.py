@@ -227,3 +227,38 @@ def test_docker_compose_matches_the_native_topology() -> None:
         assert svc["volumes"] == [f"./generated/site-{s.id}:{s.srv}"]
         assert svc["environment"]["SITE"] == s.id
     assert {"postgres", "redis"} <= set(doc["services"])
+
+
+def test_port_taken_by_something_else_fails_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socketserver
+    import threading
+
+    class Silent(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"HTTP/1.0 400 nope\r\n\r\n")
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Silent) as srv:
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            monkeypatch.setattr("lab.stores.PG_PORT", srv.server_address[1])
+            r = CliRunner().invoke(cli, ["lab", "up"])
+        finally:
+            srv.shutdown()
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        f"ccdr lab: port 127.0.0.1:{srv.server_address[1]} is taken by something that is not PostgreSQL"
+    )
+
+
+def test_missing_debootstrap_fails_with_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import shutil as _shutil
+
+    from lab import rootfs
+
+    real_which = _shutil.which
+    monkeypatch.setattr(_shutil, "which", lambda t: None if t == "debootstrap" else real_which(t))
+    with pytest.raises(Exception) as ei:
+        rootfs.ensure_rootfs(tmp_path / "no-rootfs")
+    assert str(ei.value) == "debootstrap not found: install it with `apt-get install debootstrap`"
+    assert not (tmp_path / "no-rootfs").exists()
