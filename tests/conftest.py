@@ -50,3 +50,24 @@ def lab_topology(lab_topology_path: Path):  # type: ignore[no-untyped-def]
     from controlplane.settings import load_topology
 
     return load_topology(lab_topology_path)
+
+
+@pytest.fixture
+async def redis_client():  # type: ignore[no-untyped-def]
+    """A real Redis (127.0.0.1:6379) and a random key prefix; keys removed after."""
+    import secrets
+
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(os.environ.get("CCDR_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    try:
+        await r.ping()
+    except Exception as exc:
+        await r.aclose()
+        need(False, f"Redis not reachable: {exc}")
+    prefix = f"ccdr-test-{secrets.token_hex(4)}:"
+    r.test_prefix = prefix  # type: ignore[attr-defined]
+    yield r
+    async for k in r.scan_iter(match=f"{prefix}*"):
+        await r.delete(k)
+    await r.aclose()

@@ -1,0 +1,1 @@
+"""The unified login service: one domain account, any site (handler -> manager -> action)."""

@@ -1,0 +1,135 @@
+"""Live login sessions in Redis, shared by the login services of every site.
+
+A session is a hash ``sess:<id>`` plus its deadline in the sorted set
+``sess:deadlines``. Heartbeats push the deadline forward. A reaper (any login
+service) claims expired sessions with ZREM, which succeeds for exactly one
+claimant, so a dead client's queue memberships are removed once, by one
+service, even with several services reaping at the same time. Key expiry
+notifications were not used: Redis does not guarantee their delivery.
+
+Time is passed in (``now``), never read here, so tests drive it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+
+@dataclass
+class LiveSession:
+    id: str
+    account: str
+    site: str
+    extension: str
+    vaid: int
+    mac: str
+    queues: list[tuple[str, int]] = field(default_factory=list)  # (queue, penalty)
+    state: str = "awaiting_phone"  # -> cti_registered -> (logged out / reaped)
+    created_at: float = 0.0
+
+    def to_redis(self) -> dict[Any, Any]:  # redis-py types keys invariantly
+        d = asdict(self)
+        d["queues"] = json.dumps(self.queues)
+        return {k: str(v) for k, v in d.items()}
+
+    @classmethod
+    def from_redis(cls, h: Mapping[Any, Any]) -> LiveSession:
+        d = {_text(k): _text(v) for k, v in h.items()}
+        return cls(
+            id=d["id"], account=d["account"], site=d["site"], extension=d["extension"],
+            vaid=int(d["vaid"]), mac=d["mac"],
+            queues=[(q, int(p)) for q, p in json.loads(d["queues"])],
+            state=d["state"], created_at=float(d["created_at"]),
+        )
+
+
+def _text(x: object) -> str:
+    """redis-py returns bytes (or str with decode_responses); accept both."""
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, prefix: str = "ccdr:", ttl_s: float = 30.0) -> None:
+        self.redis = redis
+        self.p = prefix
+        self.ttl_s = ttl_s
+
+    def _k(self, sid: str) -> str:
+        return f"{self.p}sess:{sid}"
+
+    @property
+    def _deadlines(self) -> str:
+        return f"{self.p}sess:deadlines"
+
+    def _acct(self, account: str) -> str:
+        return f"{self.p}sess:acct:{account}"
+
+    async def put(self, s: LiveSession, now: float) -> str | None:
+        """Store ``s``; returns the id of a session it replaces for the same account, if any."""
+        old = await self.redis.getset(self._acct(s.account), s.id)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hset(self._k(s.id), mapping=s.to_redis())
+            p.zadd(self._deadlines, {s.id: now + self.ttl_s})
+            await p.execute()
+        prev = _text(old) if old else None
+        return prev if prev != s.id else None
+
+    async def get(self, sid: str) -> LiveSession | None:
+        h = await self.redis.hgetall(self._k(sid))
+        return LiveSession.from_redis(h) if h else None
+
+    async def set_state(self, sid: str, state: str) -> None:
+        await self.redis.hset(self._k(sid), "state", state)
+
+    async def heartbeat(self, sid: str, now: float) -> bool:
+        """Push the deadline; False if the session is gone (reaped or logged out)."""
+        updated = await self.redis.zadd(self._deadlines, {sid: now + self.ttl_s}, xx=True, ch=True)
+        if updated:
+            return True
+        return await self.redis.zscore(self._deadlines, sid) is not None
+
+    async def claim(self, sid: str) -> LiveSession | None:
+        """Take a session out of the live set; only one caller gets it."""
+        if not await self.redis.zrem(self._deadlines, sid):
+            return None
+        return await self._drop(sid)
+
+    async def _drop(self, sid: str) -> LiveSession | None:
+        s = await self.get(sid)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.delete(self._k(sid))
+            if s is not None:
+                # Only clear the account pointer if it still points at this session.
+                p.eval(
+                    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                    1, self._acct(s.account), sid,
+                )
+            await p.execute()
+        return s
+
+    async def claim_expired(self, now: float, limit: int = 500) -> list[LiveSession]:
+        """Claim up to ``limit`` sessions whose deadline passed."""
+        ids = await self.redis.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit)
+        out = []
+        for raw in ids:
+            s = await self.claim(_text(raw))
+            if s is not None:
+                out.append(s)
+        return out
+
+    async def all(self) -> list[LiveSession]:
+        ids = await self.redis.zrange(self._deadlines, 0, -1)
+        out = []
+        for raw in ids:
+            s = await self.get(_text(raw))
+            if s is not None:
+                out.append(s)
+        return out
+
+    async def count(self) -> int:
+        return int(await self.redis.zcard(self._deadlines))
