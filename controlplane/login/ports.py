@@ -1,0 +1,47 @@
+"""What the login service needs from the rest of ccdr, as narrow interfaces.
+
+The inventory store (PostgreSQL) implements :class:`Directory`; PBX adapters
+implement :class:`controlplane.pbx.base.PbxClient`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from controlplane.login.decide import AgentProfile, SwitchRule
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    profile: AgentProfile
+    password_hash: str  # argon2; "" when an external authenticator decides
+    skill_penalties: tuple[tuple[str, int], ...]  # (skill group, penalty)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A device's line at one site."""
+
+    site: str
+    extension: str
+    sip_username: str
+    sip_password: str  # secret: never logged, only returned to the client over the login reply
+
+
+class Directory(Protocol):
+    async def agent(self, account: str) -> AgentRecord | None: ...
+
+    async def line(self, mac: str, site: str) -> Line | None: ...
+
+    async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
+        """Skill group -> queue name at ``site`` (groups without a queue there are left out)."""
+        ...
+
+    async def rules(self) -> list[SwitchRule]: ...
+
+    async def allocate_vaid(self, session_id: str) -> int | None:
+        """Atomically take a free virtual agent ID for ``session_id``; None if exhausted."""
+        ...
+
+    async def release_vaid(self, session_id: str) -> None: ...

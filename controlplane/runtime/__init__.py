@@ -1,0 +1,1 @@
+"""Runtime plumbing shared by the long-lived services: supervised tasks, clocks."""
