@@ -13,6 +13,7 @@ can catch that one class.  The tree::
     │   ├── LinkLost           the link dropped while a command was in flight
     │   └── PbxCommandError    the PBX answered, with an error
     ├── InventoryError         inventory import/export refused
+    ├── LoginRefused           a login/logout refused; carries a stable code and HTTP status
     └── RenderError            a routing policy could not be rendered
 
 Messages never contain secrets.
@@ -74,6 +75,15 @@ class PbxCommandError(PbxError):
 
 class InventoryError(CcdrError):
     """An inventory import or export was refused; nothing was written."""
+
+
+class LoginRefused(CcdrError):
+    """A login service request refused. ``code`` is stable (clients branch on it)."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(message)
 
 
 class RenderError(CcdrError):

@@ -1,0 +1,153 @@
+"""The login service's HTTP and WebSocket surface (aiohttp). Handlers only: the
+work is in :class:`controlplane.login.manager.LoginManager`.
+
+Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import defaultdict
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from controlplane.errors import LoginRefused
+from controlplane.login.manager import LoginManager
+
+log = logging.getLogger(__name__)
+
+MANAGER: web.AppKey[LoginManager] = web.AppKey("manager")
+SOCKETS: web.AppKey[defaultdict[str, set[web.WebSocketResponse]]] = web.AppKey("sockets")
+ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token")
+
+
+def _error(code: str, status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LoginRefused("bad_request", 400, "body: not JSON") from None
+    if not isinstance(body, dict):
+        raise LoginRefused("bad_request", 400, "body: must be a JSON object")
+    return body
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except LoginRefused as exc:
+        return _error(exc.code, exc.status, str(exc))
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    res = await request.app[MANAGER].login(
+        body.get("account"), body.get("password"), body.get("mac"), request.remote or "unknown"
+    )
+    return web.json_response(res.payload)
+
+
+async def _authorized_session(request: web.Request, sid: Any, token: Any) -> str:
+    if not isinstance(sid, str) or not isinstance(token, str):
+        raise LoginRefused("bad_request", 400, "session_id and token: required strings")
+    if not await request.app[MANAGER].check_token(sid, token):
+        raise LoginRefused("bad_session", 401, "unknown session or wrong token")
+    return sid
+
+
+async def logout(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    sid = await _authorized_session(request, body.get("session_id"), body.get("token"))
+    await request.app[MANAGER].logout(sid)
+    return web.json_response({"ok": True})
+
+
+async def sessions(request: web.Request) -> web.Response:
+    want = request.app[ADMIN_TOKEN]
+    got = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not want or not secrets.compare_digest(got, want):
+        raise LoginRefused("unauthorized", 401, "admin token required")
+    live = await request.app[MANAGER].sessions.all()
+    return web.json_response({"sessions": [
+        {"session_id": s.id, "account": s.account, "site": s.site, "extension": s.extension,
+         "virtual_agent_id": s.vaid, "queues": [q for q, _ in s.queues], "state": s.state}
+        for s in live
+    ]})
+
+
+async def session_ws(request: web.Request) -> web.StreamResponse:
+    sid = await _authorized_session(request, request.match_info["sid"], request.query.get("token"))
+    mgr = request.app[MANAGER]
+    ws = web.WebSocketResponse(heartbeat=None)
+    await ws.prepare(request)
+    request.app[SOCKETS][sid].add(ws)
+    hb = max(1.0, mgr.sessions.ttl_s / 3)
+
+    async def pinger() -> None:
+        while not ws.closed:
+            await ws.send_json({"type": "heartbeat"})
+            await asyncio.sleep(hb)
+
+    ping_task = asyncio.create_task(pinger(), name=f"ws-ping-{sid}")
+    try:
+        pbx = {s: c.state.value for s, c in mgr.pbx.items()}
+        s = await mgr.sessions.get(sid)
+        await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx,
+                            "cti": s.state if s else "ended"})
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(msg.data)
+            except json.JSONDecodeError:
+                await ws.send_json({"type": "error", "code": "bad_request", "message": "not JSON"})
+                continue
+            if data.get("type") == "heartbeat":
+                if not await mgr.heartbeat(sid):
+                    await ws.send_json({"type": "session", "state": "ended", "why": "expired"})
+                    break
+    finally:
+        ping_task.cancel()
+        request.app[SOCKETS][sid].discard(ws)
+    return ws
+
+
+async def push(app: web.Application, sid: str, message: dict[str, Any]) -> None:
+    for ws in list(app[SOCKETS].get(sid, ())):
+        try:
+            await ws.send_json(message)
+        except ConnectionError:
+            pass
+
+
+async def broadcast(app: web.Application, message: dict[str, Any]) -> None:
+    for sid in list(app[SOCKETS]):
+        await push(app, sid, message)
+
+
+def build_app(manager: LoginManager, admin_token: str) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json])
+    app[MANAGER] = manager
+    app[SOCKETS] = defaultdict(set)
+    app[ADMIN_TOKEN] = admin_token
+
+    async def _push(sid: str, msg: dict[str, Any]) -> None:
+        await push(app, sid, msg)
+
+    manager.push = _push
+    app.add_routes([
+        web.post("/v1/login", login),
+        web.post("/v1/logout", logout),
+        web.get("/v1/sessions", sessions),
+        web.get("/v1/session/{sid}/ws", session_ws),
+    ])
+    return app

@@ -1,0 +1,272 @@
+"""The login manager: login, CTI registration, logout, reaping. No HTTP here.
+
+A login is a sequence of actions; any failure after the first write undoes
+what was done (virtual ID released, session removed), so a login that fails
+half-way leaves nothing behind.
+
+CTI registration follows the phone: queue members are added only after the
+phone's registration is seen at the chosen site, which keeps a mass login fast
+on Asterisk (shared notes: "Adding a member AFTER its phone has registered is
+cheap"), then read back before the client hears "cti_registered".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from controlplane.errors import LoginRefused, PbxError
+from controlplane.login.decide import decide_site
+from controlplane.login.ports import Directory
+from controlplane.login.ratelimit import LoginRateLimiter
+from controlplane.login.sessions import LiveSession, SessionStore
+from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
+from controlplane.runtime.clock import Clock, RealClock
+from controlplane.settings import Site, Topology
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+# A dummy hash so an unknown account costs the same time as a wrong password.
+_DUMMY_HASH = PasswordHasher().hash("not-a-real-password")
+
+Push = Callable[[str, dict[str, Any]], Awaitable[None]]  # (session id, message)
+
+
+def normalize_mac(raw: str) -> str | None:
+    h = re.sub(r"[:.\-\s]", "", raw).lower()
+    return h if _MAC_HEX.match(h) else None
+
+
+@dataclass
+class LoginResult:
+    session: LiveSession
+    token: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class _Pending:
+    by_ext: dict[str, str] = field(default_factory=dict)  # extension -> session id
+
+
+class LoginManager:
+    def __init__(
+        self,
+        site_id: str,
+        topology: Topology,
+        directory: Directory,
+        sessions: SessionStore,
+        limiter: LoginRateLimiter,
+        pbx: dict[str, PbxClient],
+        push: Push | None = None,
+        clock: Clock | None = None,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self.site = topology.site(site_id)
+        self.topology = topology
+        self.directory = directory
+        self.sessions = sessions
+        self.limiter = limiter
+        self.pbx = pbx
+        self.push = push
+        self.clock = clock or RealClock()
+        self.hasher = hasher or PasswordHasher()
+        self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
+        self.pending: dict[str, _Pending] = defaultdict(_Pending)
+        self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
+        self._cti_tasks: set[asyncio.Future[object]] = set()
+
+    # --- login ---------------------------------------------------------------
+
+    def _pbx_up(self) -> dict[str, bool]:
+        return {s.id: (c := self.pbx.get(s.id)) is not None and c.state is LinkState.UP
+                for s in self.topology.sites}
+
+    async def login(self, account: Any, password: Any, mac: Any, source: str) -> LoginResult:
+        for name, value in (("account", account), ("password", password), ("mac", mac)):
+            if not isinstance(value, str) or not value:
+                raise LoginRefused("bad_request", 400, f"{name}: required, a non-empty string")
+        if not ACCOUNT_RE.match(account):
+            raise LoginRefused("bad_request", 400, "account: letters, digits, . _ @ - only")
+        norm_mac = normalize_mac(mac)
+        if norm_mac is None:
+            raise LoginRefused("bad_request", 400, f"mac: not a MAC address: {mac[:40]!r}")
+        if await self.limiter.blocked(account, source):
+            raise LoginRefused("rate_limited", 429, "too many failed logins; try again later")
+        rec = await self.directory.agent(account)
+        if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
+            await self.limiter.failed(account, source)
+            raise LoginRefused("bad_credentials", 401, "wrong account or password")
+
+        decision = decide_site(rec.profile, self.site.id, [s.id for s in self.topology.sites],
+                               self._pbx_up(), await self.directory.rules())
+        if decision.site is None:
+            raise LoginRefused("pbx_unreachable", 503, "no site's PBX is reachable")
+        target = self.topology.site(decision.site)
+        line = await self.directory.line(norm_mac, target.id)
+        if line is None:
+            raise LoginRefused("unknown_mac", 404, f"mac: {norm_mac} has no line at site {target.id}")
+        groups = tuple(g for g, _ in rec.skill_penalties)
+        queue_names = await self.directory.queues(groups, target.id)
+        penalties = dict(rec.skill_penalties)
+        queues = sorted((q, penalties[g]) for g, q in queue_names.items())
+
+        sid = secrets.token_urlsafe(12)
+        token = secrets.token_urlsafe(24)
+        vaid = await self.directory.allocate_vaid(sid)
+        if vaid is None:
+            raise LoginRefused("pool_exhausted", 503, "no free virtual agent ID")
+        session = LiveSession(id=sid, account=account, site=target.id, extension=line.extension,
+                              vaid=vaid, mac=norm_mac, queues=queues, created_at=self.clock.now())
+        try:
+            replaced = await self.sessions.put(session, self.clock.now())
+            await self.sessions.redis.set(f"{self.sessions.p}sess:token:{sid}", token)
+        except BaseException:
+            await self.directory.release_vaid(sid)
+            await self.sessions.claim(sid)
+            raise
+        self.tokens[sid] = token
+        if replaced:
+            self._spawn(self._end(replaced, "replaced"))
+        self.pending[target.id].by_ext[line.extension] = sid
+        if line.extension in self.registered[target.id]:
+            self._spawn(self._cti_register(target.id, line.extension))
+        log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
+        payload = {
+            "session_id": sid,
+            "token": token,
+            "site": target.id,
+            "reason": decision.reason,
+            "registrar": {"host": target.sip.host, "port": target.sip.port, "transport": target.sip.transport},
+            "extension": line.extension,
+            "sip": {"username": line.sip_username, "password": line.sip_password},
+            "virtual_agent_id": vaid,
+            "queues": [q for q, _ in queues],
+            "timings": {
+                "heartbeat_s": max(1.0, self.sessions.ttl_s / 3),
+                "session_ttl_s": self.sessions.ttl_s,
+                "probe_interval_s": self.topology.timings.probe_interval_s,
+                "probe_timeout_s": self.topology.timings.probe_timeout_s,
+                "confirm_window_s": self.topology.timings.confirm_window_s,
+            },
+            "other_login_urls": [s.login_url for s in self.topology.other_sites(self.site.id)],
+        }
+        return LoginResult(session, token, payload)
+
+    async def _verify(self, hashed: str, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self.hasher.verify(hashed, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        # argon2 is deliberately slow and releases the GIL: keep it off the event loop.
+        return await asyncio.to_thread(check)
+
+    async def check_token(self, sid: str, token: str) -> bool:
+        stored = await self.sessions.redis.get(f"{self.sessions.p}sess:token:{sid}")
+        if stored is None:
+            return False
+        value = stored.decode() if isinstance(stored, bytes) else str(stored)
+        return secrets.compare_digest(value, token)
+
+    # --- CTI registration ------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._cti_tasks.add(t)
+        t.add_done_callback(self._cti_tasks.discard)
+
+    async def on_event(self, site: str, ev: PbxEvent) -> None:
+        """Feed every normalized event of ``site``'s PBX here."""
+        ep = str(ev.data.get("endpoint", ""))
+        if ev.kind is EventKind.PHONE_REGISTERED and ep:
+            self.registered[site].add(ep)
+            if ep in self.pending[site].by_ext:
+                self._spawn(self._cti_register(site, ep))
+        elif ev.kind is EventKind.PHONE_UNREGISTERED and ep:
+            self.registered[site].discard(ep)
+
+    async def _cti_register(self, site: str, extension: str) -> None:
+        sid = self.pending[site].by_ext.pop(extension, None)
+        if sid is None:
+            return
+        s = await self.sessions.get(sid)
+        if s is None:
+            return
+        pbx = self.pbx[site]
+        iface = f"PJSIP/{extension}"
+        try:
+            await asyncio.gather(*(pbx.queue_add(q, iface, name=f"{s.account}/{s.vaid}", penalty=p)
+                                   for q, p in s.queues))
+            members = await asyncio.gather(*(pbx.queue_status(q) for q, _ in s.queues))
+            missing = [q for (q, _), ms in zip(s.queues, members, strict=True)
+                       if not any(m.interface == iface for m in ms)]
+            if missing:
+                raise PbxError(f"queue read-back: {iface} missing from {', '.join(missing)}")
+        except PbxError as exc:
+            log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
+            await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
+            return
+        await self.sessions.set_state(sid, "cti_registered")
+        await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
+                                 "queues": [q for q, _ in s.queues]})
+
+    async def _notify(self, sid: str, msg: dict[str, Any]) -> None:
+        if self.push is not None:
+            await self.push(sid, msg)
+
+    # --- logout and reaping ------------------------------------------------------
+
+    async def logout(self, sid: str) -> bool:
+        return await self._end(sid, "logout")
+
+    async def _end(self, sid: str, why: str) -> bool:
+        s = await self.sessions.claim(sid)
+        if s is None:
+            return False
+        await self._cleanup(s, why)
+        return True
+
+    async def _cleanup(self, s: LiveSession, why: str) -> None:
+        self.pending[s.site].by_ext.pop(s.extension, None)
+        pbx = self.pbx.get(s.site)
+        if pbx is not None and pbx.state is LinkState.UP:
+            for q, _ in s.queues:
+                try:
+                    await pbx.queue_remove(q, f"PJSIP/{s.extension}")
+                except PbxError as exc:  # not a member (CTI never completed) is fine
+                    log.debug("queue_remove %s %s: %s", q, s.extension, exc)
+        await self.directory.release_vaid(s.id)
+        await self.sessions.redis.delete(f"{self.sessions.p}sess:token:{s.id}")
+        self.tokens.pop(s.id, None)
+        await self._notify(s.id, {"type": "session", "state": "ended", "why": why})
+        log.info("session of %s at %s ended (%s)", s.account, s.site, why)
+
+    async def reap_once(self) -> int:
+        expired = await self.sessions.claim_expired(self.clock.now())
+        for s in expired:
+            await self._cleanup(s, "expired")
+        return len(expired)
+
+    async def heartbeat(self, sid: str) -> bool:
+        return await self.sessions.heartbeat(sid, self.clock.now())
+
+    async def drain(self) -> None:
+        """Wait for in-flight CTI work (tests, shutdown)."""
+        while self._cti_tasks:
+            await asyncio.gather(*list(self._cti_tasks), return_exceptions=True)
+
+    def site_of(self, site_id: str) -> Site:
+        return self.topology.site(site_id)
