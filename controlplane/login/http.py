@@ -130,14 +130,15 @@ async def push(app: web.Application, sid: str, message: dict[str, Any]) -> None:
 
 
 async def broadcast(app: web.Application, message: dict[str, Any]) -> None:
-    for sid in list(app[SOCKETS]):
+    for sid in list(app[SOCKETS].keys()):
         await push(app, sid, message)
 
 
 def build_app(manager: LoginManager, admin_token: str) -> web.Application:
     app = web.Application(middlewares=[errors_as_json])
     app[MANAGER] = manager
-    app[SOCKETS] = defaultdict(set)
+    sockets: defaultdict[str, set[web.WebSocketResponse]] = defaultdict(set)
+    app[SOCKETS] = sockets
     app[ADMIN_TOKEN] = admin_token
 
     async def _push(sid: str, msg: dict[str, Any]) -> None:
