@@ -97,12 +97,11 @@ async def session_ws(request: web.Request) -> web.StreamResponse:
             await ws.send_json({"type": "heartbeat"})
             await asyncio.sleep(hb)
 
+    pbx = {s: c.state.value for s, c in mgr.pbx.items()}
+    s = await mgr.sessions.get(sid)
+    await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx, "cti": s.state if s else "ended"})
     ping_task = asyncio.create_task(pinger(), name=f"ws-ping-{sid}")
     try:
-        pbx = {s: c.state.value for s, c in mgr.pbx.items()}
-        s = await mgr.sessions.get(sid)
-        await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx,
-                            "cti": s.state if s else "ended"})
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 continue

@@ -1,0 +1,123 @@
+"""Test doubles for the PBX side only (PostgreSQL and Redis are always real)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from controlplane.errors import PbxCommandError
+from controlplane.login.decide import AgentProfile, SwitchRule
+from controlplane.login.ports import AgentRecord, Line
+from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember
+from controlplane.protocols.frame import Frame
+
+
+class FakePbx(PbxClient):
+    """Records every command; queue membership kept like app_queue would."""
+
+    def __init__(self, site: str, up: bool = True) -> None:
+        self.site = site
+        self._state = LinkState.UP if up else LinkState.UNREACHABLE
+        self.calls: list[tuple[Any, ...]] = []
+        self.members: dict[str, dict[str, QueueMember]] = {}
+        self._subs: list[asyncio.Queue[PbxEvent]] = []
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    def set_state(self, st: LinkState) -> None:
+        self._state = st
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def events(self) -> AsyncIterator[PbxEvent]:  # type: ignore[override]
+        q: asyncio.Queue[PbxEvent] = asyncio.Queue()
+        self._subs.append(q)
+        while True:
+            yield await q.get()
+
+    def emit(self, kind: EventKind, **data: Any) -> PbxEvent:
+        ev = PbxEvent(kind, self.site, time.monotonic(), data)
+        for q in self._subs:
+            q.put_nowait(ev)
+        return ev
+
+    async def ping(self) -> float:
+        return 0.001
+
+    async def queue_add(self, queue: str, interface: str, name: str = "", penalty: int = 0,
+                        paused: bool = False) -> None:
+        self.calls.append(("QueueAdd", queue, interface, name, penalty))
+        q = self.members.setdefault(queue, {})
+        if interface in q:
+            raise PbxCommandError("Unable to add interface: Already there")
+        q[interface] = QueueMember(queue, interface, name, penalty, paused)
+
+    async def queue_remove(self, queue: str, interface: str) -> None:
+        self.calls.append(("QueueRemove", queue, interface))
+        if self.members.get(queue, {}).pop(interface, None) is None:
+            raise PbxCommandError("Unable to remove interface: Not there")
+
+    async def queue_pause(self, queue: str, interface: str, paused: bool, reason: str = "") -> None:
+        self.calls.append(("QueuePause", queue, interface, paused))
+
+    async def queue_status(self, queue: str | None = None) -> list[QueueMember]:
+        self.calls.append(("QueueStatus", queue))
+        qs = [queue] if queue else list(self.members)
+        return [m for q in qs for m in self.members.get(q, {}).values()]
+
+    async def contacts(self) -> list[Contact]:
+        return []
+
+    async def reload(self, module: str | None = None) -> None: ...
+
+    async def originate(self, channel: str, context: str, exten: str, priority: int = 1,
+                        variables: dict[str, str] | None = None, timeout_s: float = 30.0) -> Frame:
+        raise NotImplementedError
+
+
+class MemoryDirectory:
+    """An in-memory Directory for manager unit tests; the PostgreSQL store is tested separately."""
+
+    def __init__(self, hasher: Any, pool: int = 100) -> None:
+        self.agents: dict[str, AgentRecord] = {}
+        self.lines: dict[tuple[str, str], Line] = {}
+        self.queue_map: dict[tuple[str, str], str] = {}
+        self.rule_list: list[SwitchRule] = []
+        self.free = list(range(1, pool + 1))
+        self.held: dict[str, int] = {}
+        self.hasher = hasher
+
+    def add_agent(self, account: str, password: str, system: str = "cards", region: str = "east",
+                  skills: tuple[tuple[str, int], ...] = (("sales", 0),)) -> None:
+        prof = AgentProfile(account, system, region, tuple(g for g, _ in skills))
+        self.agents[account] = AgentRecord(prof, self.hasher.hash(password), skills)
+
+    async def agent(self, account: str) -> AgentRecord | None:
+        return self.agents.get(account)
+
+    async def line(self, mac: str, site: str) -> Line | None:
+        return self.lines.get((mac, site))
+
+    async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
+        return {g: self.queue_map[(g, site)] for g in skill_groups if (g, site) in self.queue_map}
+
+    async def rules(self) -> list[SwitchRule]:
+        return list(self.rule_list)
+
+    async def allocate_vaid(self, session_id: str) -> int | None:
+        if not self.free:
+            return None
+        v = self.free.pop(0)
+        self.held[session_id] = v
+        return v
+
+    async def release_vaid(self, session_id: str) -> None:
+        v = self.held.pop(session_id, None)
+        if v is not None:
+            self.free.append(v)

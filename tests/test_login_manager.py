@@ -1,0 +1,193 @@
+"""Login manager and HTTP surface with real Redis and an in-memory PBX double."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from argon2 import PasswordHasher
+
+from controlplane.login.decide import SwitchRule
+from controlplane.login.http import build_app
+from controlplane.login.manager import LoginManager, normalize_mac
+from controlplane.login.ports import Line
+from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
+from controlplane.login.sessions import SessionStore
+from controlplane.pbx.base import EventKind, LinkState
+from controlplane.runtime.clock import FakeClock
+from controlplane.settings import parse_topology
+from tests.fakes import FakePbx, MemoryDirectory
+
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+TOPO = parse_topology({
+    "sites": [
+        {"id": sid, "region": reg, "pbx": "asterisk", "ami": {"host": f"10.9.0.{i}"},
+         "sip": {"host": f"10.9.0.{i}"}, "login_url": f"http://127.0.0.1:{8080 + i}"}
+        for i, (sid, reg) in enumerate([("a", "east"), ("b", "west")], start=1)
+    ]
+})
+
+
+class Env:
+    def __init__(self, redis: Any) -> None:
+        self.clock = FakeClock(1000)
+        self.dir = MemoryDirectory(FAST, pool=50)
+        self.pbx = {"a": FakePbx("a"), "b": FakePbx("b")}
+        self.sessions = SessionStore(redis, redis.test_prefix, ttl_s=30)
+        self.limiter = LoginRateLimiter(redis, redis.test_prefix, RateLimits(60, 5, 100))
+        self.mgr = LoginManager("a", TOPO, self.dir, self.sessions, self.limiter, self.pbx,
+                                clock=self.clock, hasher=FAST)
+        for i in range(20):
+            acct = f"agent{i:02d}"
+            skills = (("sales", 0), ("vip", 3)) if i % 2 else (("support", 1),)
+            self.dir.add_agent(acct, f"pw-{acct}", skills=skills, system="cards" if i < 10 else "loans")
+            mac = f"0011220000{i:02x}"
+            for site, base in (("a", 2000), ("b", 3000)):
+                self.dir.lines[(mac, site)] = Line(site, str(base + i), str(base + i), f"sip-{i}")
+        for g in ("sales", "vip", "support"):
+            for site in ("a", "b"):
+                self.dir.queue_map[(g, site)] = f"{g}-{site}"
+
+
+@pytest.fixture
+async def env(redis_client: Any) -> AsyncIterator[Env]:
+    e = Env(redis_client)
+    yield e
+    await e.mgr.drain()
+
+
+@pytest.fixture
+async def client(env: Env) -> AsyncIterator[TestClient[Any, Any]]:
+    app = build_app(env.mgr, admin_token="admin-secret")
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def test_mac_forms() -> None:
+    for raw in ("00:11:22:AA:BB:CC", "00-11-22-aa-bb-cc", "0011.22aa.bbcc", "001122AABBCC"):
+        assert normalize_mac(raw) == "001122aabbcc"
+    assert normalize_mac("00:11:22:AA:BB") is None and normalize_mac("zz1122aabbcc") is None
+
+
+async def _login(c: TestClient[Any, Any], i: int, password: str | None = None) -> Any:
+    acct = f"agent{i:02d}"
+    r = await c.post("/v1/login", json={"account": acct, "password": password or f"pw-{acct}",
+                                        "mac": f"00:11:22:00:00:{i:02x}"})
+    return r.status, await r.json()
+
+
+async def test_login_then_phone_registration_adds_members_and_reads_back(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    status, body = await _login(client, 1)
+    assert status == 200, body
+    assert body["site"] == "a" and body["reason"] == "local" and body["extension"] == "2001"
+    assert body["registrar"] == {"host": "10.9.0.1", "port": 5060, "transport": "udp"}
+    assert body["queues"] == ["sales-a", "vip-a"] and body["virtual_agent_id"] == 1
+    assert body["other_login_urls"] == ["http://127.0.0.1:8082"]
+    assert env.pbx["a"].calls == []  # nothing before the phone registers
+    ws = await client.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
+    hello = await ws.receive_json()
+    assert hello["type"] == "hello" and hello["cti"] == "awaiting_phone"
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    assert env.pbx["a"].calls == [
+        ("QueueAdd", "sales-a", "PJSIP/2001", "agent01/1", 0),
+        ("QueueAdd", "vip-a", "PJSIP/2001", "agent01/1", 3),
+        ("QueueStatus", "sales-a"),
+        ("QueueStatus", "vip-a"),
+    ]
+    msg = await ws.receive_json()
+    while msg["type"] == "heartbeat":
+        msg = await ws.receive_json()
+    assert msg == {"type": "cti", "state": "registered", "site": "a", "queues": ["sales-a", "vip-a"]}
+    r = await client.post("/v1/logout", json={"session_id": body["session_id"], "token": body["token"]})
+    assert r.status == 200
+    assert env.pbx["a"].members == {"sales-a": {}, "vip-a": {}}
+    assert await env.sessions.count() == 0 and env.dir.held == {}
+    await ws.close()
+
+
+async def test_planned_switch_rule_sends_exactly_that_skill_group(client: TestClient[Any, Any], env: Env) -> None:
+    env.dir.rule_list = [SwitchRule("skill_group", "vip", "a", "b", id=7)]
+    for i in range(8):
+        status, body = await _login(client, i)
+        assert status == 200
+        want = "b" if i % 2 else "a"  # odd agents have vip
+        assert body["site"] == want, (i, body)
+        assert body["reason"] == ("rule:7" if want == "b" else "local")
+
+
+async def test_local_pbx_down_logs_in_at_other_site(client: TestClient[Any, Any], env: Env) -> None:
+    env.pbx["a"].set_state(LinkState.UNREACHABLE)
+    status, body = await _login(client, 2)
+    assert status == 200 and body["site"] == "b" and body["reason"] == "local_pbx_down"
+    assert body["extension"] == "3002" and body["registrar"]["host"] == "10.9.0.2"
+    env.pbx["b"].set_state(LinkState.UNREACHABLE)
+    status, body = await _login(client, 3)
+    assert status == 503 and body["error"]["code"] == "pbx_unreachable"
+
+
+async def test_wrong_passwords_rate_limited_other_accounts_still_work(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    codes = [(await _login(client, 4, password="nope"))[1]["error"]["code"] for _ in range(8)]
+    assert codes[:5] == ["bad_credentials"] * 5 and codes[5:] == ["rate_limited"] * 3
+    status, body = await _login(client, 4)  # right password, but the account is locked
+    assert status == 429 and body["error"]["code"] == "rate_limited"
+    status, body = await _login(client, 5)  # another account from the same address
+    assert status == 200
+
+
+async def test_errors_have_stable_codes_and_leave_nothing_behind(client: TestClient[Any, Any], env: Env) -> None:
+    good = {"account": "agent01", "password": "pw-agent01"}
+    r = await client.post("/v1/login", json={**good, "mac": "ff:ff:ff:ff:ff:ff"})
+    assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_mac"
+    r = await client.post("/v1/login", json={"account": "agent01", "mac": "00:11:22:00:00:01"})
+    assert r.status == 400
+    assert (await r.json())["error"] == {"code": "bad_request", "message": "password: required, a non-empty string"}
+    r = await client.post("/v1/login", data=b"{nope")
+    assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
+    r = await client.post("/v1/login", json={"account": "ghost", "password": "x", "mac": "00:11:22:00:00:01"})
+    assert r.status == 401 and (await r.json())["error"]["code"] == "bad_credentials"
+    env.dir.free = []
+    status, body = await _login(client, 6)
+    assert status == 503 and body["error"]["code"] == "pool_exhausted"
+    assert await env.sessions.count() == 0 and env.dir.held == {}
+
+
+async def test_admin_sessions_needs_token_and_hides_secrets(client: TestClient[Any, Any], env: Env) -> None:
+    await _login(client, 1)
+    r = await client.get("/v1/sessions")
+    assert r.status == 401 and (await r.json())["error"]["code"] == "unauthorized"
+    r = await client.get("/v1/sessions", headers={"Authorization": "Bearer admin-secret"})
+    body = await r.json()
+    assert r.status == 200 and [s["account"] for s in body["sessions"]] == ["agent01"]
+    assert "sip-1" not in await r.text() and "token" not in body["sessions"][0]
+
+
+async def test_dead_client_is_reaped_and_members_removed(client: TestClient[Any, Any], env: Env) -> None:
+    _, body = await _login(client, 3)
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2003"))
+    await env.mgr.drain()
+    assert "PJSIP/2003" in env.pbx["a"].members["sales-a"]
+    await env.clock.advance(20)
+    assert await env.mgr.heartbeat(body["session_id"])  # alive: deadline -> now + 30
+    await env.clock.advance(25)
+    assert await env.mgr.reap_once() == 0
+    await env.clock.advance(10)  # no heartbeat for 35 s
+    assert await env.mgr.reap_once() == 1
+    assert env.pbx["a"].members["sales-a"] == {} and env.dir.held == {}
+    r = await client.post("/v1/logout", json={"session_id": body["session_id"], "token": body["token"]})
+    assert r.status == 401
+
+
+async def test_second_login_replaces_first_session(client: TestClient[Any, Any], env: Env) -> None:
+    _, first = await _login(client, 1)
+    _, second = await _login(client, 1)
+    await env.mgr.drain()
+    assert first["session_id"] != second["session_id"]
+    assert [s.id for s in await env.sessions.all()] == [second["session_id"]]
+    assert list(env.dir.held) == [second["session_id"]]
