@@ -191,3 +191,46 @@ async def test_second_login_replaces_first_session(client: TestClient[Any, Any],
     assert first["session_id"] != second["session_id"]
     assert [s.id for s in await env.sessions.all()] == [second["session_id"]]
     assert list(env.dir.held) == [second["session_id"]]
+
+
+async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_client: Any) -> None:
+    from controlplane.login.service import LoginService
+
+    clock = FakeClock(0)
+    d = MemoryDirectory(FAST)
+    d.add_agent("agent01", "pw-agent01")
+    d.lines[("001122000001", "a")] = Line("a", "2001", "2001", "s")
+    d.queue_map[("sales", "a")] = "sales-a"
+    pbx = {"a": FakePbx("a"), "b": FakePbx("b")}
+    svc = LoginService("a", TOPO, d, pbx, redis_client, "tok", prefix=redis_client.test_prefix,
+                       clock=clock, session_ttl_s=30)
+    await svc.start_loops()
+    async with TestClient(TestServer(svc.app)) as c:
+        r = await c.get("/status")
+        st = await r.json()
+        assert r.status == 200 and st["healthy"] is True
+        assert st["pbx"] == {"a": {"state": "up"}, "b": {"state": "up"}}
+        assert set(st["tasks"]) == {"pbx-events-a", "pbx-events-b", "reaper"}
+        status, body = await _login(c, 1)
+        assert status == 200
+        ws = await c.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
+        assert (await ws.receive_json())["type"] == "hello"
+        # The phone registers: the event pump drives CTI registration.
+        pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001")
+        msg = await ws.receive_json()
+        while msg["type"] == "heartbeat":
+            msg = await ws.receive_json()
+        assert msg["type"] == "cti" and msg["state"] == "registered"
+        pbx["b"].set_state(LinkState.UNREACHABLE)
+        pbx["b"].emit(EventKind.PBX_DOWN)
+        msg = await ws.receive_json()
+        while msg["type"] == "heartbeat":
+            msg = await ws.receive_json()
+        assert msg == {"type": "pbx", "site": "b", "state": "unreachable"}
+        # The client goes silent: the reaper loop ends its session.
+        await clock.advance(31)
+        await clock.advance(1)
+        assert await svc.sessions.count() == 0 and pbx["a"].members["sales-a"] == {}
+        await ws.close()
+    await svc.stop()
+    assert all(not t["running"] for t in svc.supervisor.status().values())

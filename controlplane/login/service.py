@@ -1,0 +1,113 @@
+"""A running login service: the manager, its supervised loops and its HTTP site.
+
+Loops (each a named task under the supervisor):
+- ``reaper``: every ``reap_interval_s``, end sessions whose client stopped
+  heartbeating (queue members removed, virtual ID released);
+- ``pbx-events-<site>``: feed each site's normalized PBX events to the manager
+  (phone registrations drive CTI registration) and push PBX up/down to clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from controlplane.login.http import SOCKETS, broadcast, build_app
+from controlplane.login.manager import LoginManager
+from controlplane.login.ports import Directory
+from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
+from controlplane.login.sessions import SessionStore
+from controlplane.pbx.base import EventKind, PbxClient
+from controlplane.runtime.clock import Clock, RealClock
+from controlplane.runtime.supervisor import Supervisor
+from controlplane.settings import Topology
+
+log = logging.getLogger(__name__)
+
+STATUS_PATH = "/status"
+
+
+class LoginService:
+    def __init__(
+        self,
+        site_id: str,
+        topology: Topology,
+        directory: Directory,
+        pbx: dict[str, PbxClient],
+        redis: Redis,
+        admin_token: str,
+        *,
+        prefix: str = "ccdr:",
+        session_ttl_s: float = 30.0,
+        reap_interval_s: float = 1.0,
+        limits: RateLimits | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or RealClock()
+        self.redis = redis
+        self.pbx = pbx
+        self.reap_interval_s = reap_interval_s
+        self.sessions = SessionStore(redis, prefix, session_ttl_s)
+        self.manager = LoginManager(site_id, topology, directory, self.sessions,
+                                    LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock)
+        self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
+        self.app = build_app(self.manager, admin_token)
+        self.app.router.add_get(STATUS_PATH, self._status)
+        self._runner: web.AppRunner | None = None
+
+    async def _reaper(self) -> None:
+        while True:
+            await self.manager.reap_once()
+            await self.clock.sleep(self.reap_interval_s)
+
+    def _pump(self, site: str, client: PbxClient) -> Any:
+        async def loop() -> None:
+            async for ev in client.events():
+                await self.manager.on_event(site, ev)
+                if ev.kind in (EventKind.PBX_UP, EventKind.PBX_DOWN, EventKind.PBX_AUTH_FAILED):
+                    await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
+        return loop
+
+    async def start_loops(self) -> None:
+        for site, client in self.pbx.items():
+            self.supervisor.spawn(f"pbx-events-{site}", self._pump(site, client))
+        self.supervisor.spawn("reaper", self._reaper)
+
+    async def serve(self, host: str, port: int) -> None:
+        await self.start_loops()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        log.info("login service for site %s on %s:%d", self.manager.site.id, host, port)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.manager.drain()
+
+    async def status(self) -> dict[str, Any]:
+        """Every component's health in one document (after Wazo's /status)."""
+        try:
+            redis_ok = bool(await self.redis.ping())
+        except Exception:  # any failure is "down"
+            redis_ok = False
+        pbx = {s: {"state": c.state.value} for s, c in self.pbx.items()}
+        tasks = self.supervisor.status()
+        healthy = redis_ok and all(t["running"] for t in tasks.values())
+        return {
+            "site": self.manager.site.id,
+            "healthy": healthy,
+            "redis": {"state": "up" if redis_ok else "down"},
+            "pbx": pbx,
+            "tasks": tasks,
+            "sessions": {"live": await self.sessions.count(),
+                         "connected": sum(len(v) for v in self.app[SOCKETS].values())},
+        }
+
+    async def _status(self, request: web.Request) -> web.Response:
+        st = await self.status()
+        return web.json_response(st, status=200 if st["healthy"] else 503)
