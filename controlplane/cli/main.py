@@ -12,6 +12,7 @@ import click
 
 from controlplane import __version__
 from controlplane.cli.config import config
+from controlplane.cli.events import events
 from controlplane.cli.lab import lab
 
 
@@ -25,4 +26,5 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(config)
+cli.add_command(events)
 cli.add_command(lab)
