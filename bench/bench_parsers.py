@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.protocols.ami import AmiParser  # noqa: E402
-from controlplane.protocols.esl import EslParser, decode_event_plain  # noqa: E402
+from controlplane.protocols.ami import AmiParser
+from controlplane.protocols.esl import EslParser, decode_event_plain
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -36,7 +36,8 @@ def main() -> None:
     ami_src = (FIX / "ami" / "tests__fixtures__originate_with_events.yaml").read_bytes()
     ami = (ami_src.rstrip(b"\n") + b"\n\n") * 200  # ~150,000 frames of real Originate traffic
     n, t = run(lambda: AmiParser(expect_banner=False), ami, 3)
-    print(f"AMI: {n} frames, {len(ami) / 1e6:.1f} MB in {t:.3f} s: {n / t:,.0f} frames/s, {len(ami) / t / 1e6:.1f} MB/s")
+    mb = len(ami) / 1e6
+    print(f"AMI: {n} frames, {mb:.1f} MB in {t:.3f} s: {n / t:,.0f} frames/s, {mb / t:.1f} MB/s")
 
     esl_src = (FIX / "esl" / "cgrates-fsock__test_data.txt").read_bytes()
     esl = esl_src * 100
