@@ -66,10 +66,10 @@ class FakePbx(PbxClient):
     async def queue_pause(self, queue: str, interface: str, paused: bool, reason: str = "") -> None:
         self.calls.append(("QueuePause", queue, interface, paused))
 
-    async def queue_status(self, queue: str | None = None) -> list[QueueMember]:
-        self.calls.append(("QueueStatus", queue))
+    async def queue_status(self, queue: str | None = None, member: str | None = None) -> list[QueueMember]:
+        self.calls.append(("QueueStatus", queue, member))
         qs = [queue] if queue else list(self.members)
-        return [m for q in qs for m in self.members.get(q, {}).values()]
+        return [m for q in qs for m in self.members.get(q, {}).values() if member in (None, m.interface)]
 
     async def contacts(self) -> list[Contact]:
         return []

@@ -96,8 +96,8 @@ async def test_login_then_phone_registration_adds_members_and_reads_back(
     assert env.pbx["a"].calls == [
         ("QueueAdd", "sales-a", "PJSIP/2001", "agent01/1", 0),
         ("QueueAdd", "vip-a", "PJSIP/2001", "agent01/1", 3),
-        ("QueueStatus", "sales-a"),
-        ("QueueStatus", "vip-a"),
+        ("QueueStatus", "sales-a", "PJSIP/2001"),
+        ("QueueStatus", "vip-a", "PJSIP/2001"),
     ]
     msg = await ws.receive_json()
     while msg["type"] == "heartbeat":

@@ -210,7 +210,7 @@ class LoginManager:
         try:
             await asyncio.gather(*(pbx.queue_add(q, iface, name=f"{s.account}/{s.vaid}", penalty=p)
                                    for q, p in s.queues))
-            members = await asyncio.gather(*(pbx.queue_status(q) for q, _ in s.queues))
+            members = await asyncio.gather(*(pbx.queue_status(q, member=iface) for q, _ in s.queues))
             missing = [q for (q, _), ms in zip(s.queues, members, strict=True)
                        if not any(m.interface == iface for m in ms)]
             if missing:

@@ -105,7 +105,8 @@ class PbxClient(abc.ABC):
     async def queue_pause(self, queue: str, interface: str, paused: bool, reason: str = "") -> None: ...
 
     @abc.abstractmethod
-    async def queue_status(self, queue: str | None = None) -> list[QueueMember]: ...
+    async def queue_status(self, queue: str | None = None, member: str | None = None) -> list[QueueMember]:
+        """Members of ``queue`` (all queues if None), only ``member`` if given."""
 
     @abc.abstractmethod
     async def contacts(self) -> list[Contact]: ...

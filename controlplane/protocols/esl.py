@@ -72,24 +72,25 @@ class EslParser:
             offset = self._base + pos
             block = bytes(buf[pos:end])
             pos = end + 2
-            items = _headers(block.decode("utf-8", "replace"), unquote_values=False)
-            if items is None:
+            parsed = _headers(block.decode("utf-8", "replace"), unquote_values=False)
+            if parsed is None:
                 # Garbage before a header block (a body longer than its Content-Length said,
                 # tests__data__eventstream2.txt): report it, keep the header lines after it.
                 cut = block.rfind(b"\n", 0, _last_bad_line_end(block)) + 1
                 self._error("malformed ESL message: a header line without ':'", offset)
-                items = _headers(block[cut:].decode("utf-8", "replace"), unquote_values=False) if cut else None
-                if not items:
+                rest = _headers(block[cut:].decode("utf-8", "replace"), unquote_values=False) if cut else None
+                if not rest:
                     continue
+                parsed = rest
                 offset += cut
-            cl = _content_length(items)
+            cl = _content_length(parsed)
             if cl is None:
-                out.append(Frame(items, "", offset))
+                out.append(Frame(parsed, "", offset))
                 continue
             if cl < 0 or cl > self.max_body:
                 self._error(f"ESL Content-Length {cl} out of range", offset)
                 continue
-            self._pending = (items, offset, self._base + pos, cl)
+            self._pending = (parsed, offset, self._base + pos, cl)
         if pos:
             del buf[:pos]
             self._base += pos

@@ -1,0 +1,355 @@
+"""The Asterisk adapter: one AMI link to one site, supervised.
+
+Link lifecycle (task ``ami-<site>``): connect -> Login -> UP -> reconcile
+(QueueStatus, PJSIPShowContacts) -> liveness (Ping every probe_interval_s,
+answer within probe_timeout_s) -> on any loss: UNREACHABLE, PBX_DOWN, pending
+commands fail with LinkLost, reconnect after our backoff. A refused Login is
+AUTH_FAILED: reported once (event, log, exception from ``start``), not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from panoramisk.actions import Action
+from panoramisk.message import Message
+
+from controlplane.errors import (
+    LinkLost,
+    PbxAuthError,
+    PbxCommandError,
+    PbxError,
+    PbxUnreachable,
+    ProtocolError,
+)
+from controlplane.pbx.asterisk.normalize import contact_from, member_from, normalize
+from controlplane.pbx.asterisk.protocol import CcdrAmiProtocol
+from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember
+from controlplane.protocols.frame import Frame
+from controlplane.runtime.clock import Clock, RealClock
+from controlplane.settings import AmiLink, Timings
+
+log = logging.getLogger(__name__)
+
+# A transport factory, as loop.create_connection: tests plug in their own.
+Connector = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[tuple[asyncio.BaseTransport, Any]]]
+
+IDEMPOTENT = frozenset({"Ping", "QueueStatus", "PJSIPShowContacts", "Reload"})
+# Events the controller needs; "Events: on" would also bring ~5 test and security
+# events per REGISTER (shared notes, "Registration").
+DEFAULT_EVENT_MASK = "system,agent"
+SUBSCRIBER_BACKLOG = 100_000
+
+
+class AsteriskClient(PbxClient):
+    def __init__(
+        self,
+        site: str,
+        link: AmiLink,
+        timings: Timings | None = None,
+        *,
+        secret: str | None = None,
+        event_mask: str = DEFAULT_EVENT_MASK,
+        connector: Connector | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.site = site
+        self.link = link
+        self.timings = timings or Timings()
+        self._secret = secret
+        self.event_mask = event_mask
+        self._connector = connector
+        self.clock = clock or RealClock()
+        self._state = LinkState.CONNECTING
+        self._proto: CcdrAmiProtocol | None = None
+        self._lost: asyncio.Event = asyncio.Event()
+        self._up: asyncio.Event = asyncio.Event()
+        self._first_attempt: asyncio.Event = asyncio.Event()
+        self._sem = asyncio.Semaphore(self.timings.max_in_flight)
+        self._subs: list[asyncio.Queue[PbxEvent]] = []
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.bad_frames = 0
+        self.dropped_events = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        # The PBX's picture as we know it: re-read after every (re)connect.
+        self.members: dict[str, dict[str, QueueMember]] = {}
+        self.registered: dict[str, Contact] = {}
+
+    def __repr__(self) -> str:  # never shows the secret
+        return f"AsteriskClient(site={self.site!r}, {self.link.host}:{self.link.port}, {self._state.value})"
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the link task; return after the first attempt (raise PbxAuthError if refused)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"ami-{self.site}")
+        await self._first_attempt.wait()
+        if self._state is LinkState.AUTH_FAILED:
+            raise PbxAuthError(f"site {self.site}: AMI login refused for user {self.link.username!r}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._proto is not None:
+            self._proto.close()
+        self._set_state(LinkState.CLOSED)
+
+    async def wait_up(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout_s)
+        except TimeoutError:
+            raise PbxUnreachable(f"site {self.site}: AMI not up within {timeout_s} s") from None
+
+    def _set_state(self, st: LinkState) -> None:
+        if st is self._state:
+            return
+        prev, self._state = self._state, st
+        if st is LinkState.UP:
+            self._up.set()
+        else:
+            self._up.clear()
+        kind = {LinkState.UP: EventKind.PBX_UP, LinkState.AUTH_FAILED: EventKind.PBX_AUTH_FAILED}.get(st)
+        if kind is None and prev is LinkState.UP:
+            kind = EventKind.PBX_DOWN
+        if kind is not None:
+            self._publish(PbxEvent(kind, self.site, self.clock.now(), {"state": st.value, "error": self.last_error}))
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._connect_and_login()
+                attempt = 0
+                self._set_state(LinkState.UP)
+                self._first_attempt.set()
+                # Liveness starts with the link: a reconcile in flight when the PBX
+                # freezes must not stretch detection to a command timeout.
+                reconcile = asyncio.create_task(self._reconcile(), name=f"ami-reconcile-{self.site}")
+                try:
+                    await self._liveness(reconcile)
+                finally:
+                    reconcile.cancel()
+                    await asyncio.gather(reconcile, return_exceptions=True)
+            except PbxAuthError as exc:
+                self.last_error = str(exc)
+                log.error("site %s: %s; not retrying until reconfigured", self.site, exc)
+                self._drop()
+                self._set_state(LinkState.AUTH_FAILED)
+                self._first_attempt.set()
+                return
+            except (OSError, TimeoutError, PbxError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("site %s: AMI link down: %s", self.site, self.last_error)
+            self._drop()
+            self._set_state(LinkState.UNREACHABLE)
+            self._first_attempt.set()
+            delay = self.timings.reconnect.delay(attempt, random.random())
+            attempt += 1
+            self.reconnects += 1
+            await self.clock.sleep(delay)
+
+    def _drop(self) -> None:
+        if self._proto is not None:
+            self._proto.close()  # pending commands fail with LinkLost
+            self._proto = None
+
+    async def _connect_and_login(self) -> None:
+        self._set_state(LinkState.CONNECTING) if self._state is not LinkState.UP else None
+        lost = asyncio.Event()
+        self._lost = lost
+
+        def factory() -> CcdrAmiProtocol:
+            return CcdrAmiProtocol(self._on_frame, lambda exc: lost.set(), self._on_bad_frame)
+
+        connect = self._connector or asyncio.get_running_loop().create_connection
+        _, proto = await asyncio.wait_for(connect(factory, self.link.host, self.link.port),
+                                          self.timings.connect_timeout_s)
+        self._proto = proto
+        secret = self._secret if self._secret is not None else self.link.secret.reveal("ami.secret")
+        resp = await self._send("Login", [("Username", self.link.username), ("Secret", secret),
+                                          ("Events", self.event_mask)], timeout_s=self.timings.connect_timeout_s)
+        if resp.get("Response", "").lower() != "success":
+            raise PbxAuthError(f"site {self.site}: AMI login refused: {resp.get('Message', '')}")
+
+    async def _liveness(self, reconcile: asyncio.Task[None]) -> None:
+        """Ping every interval; no answer within the timeout means the PBX is gone,
+        even though TCP is still open (SIGSTOP, cut link). A failed reconcile ends the link too."""
+        t = self.timings
+        while True:
+            lost = asyncio.ensure_future(self._lost.wait())
+            sleeper = asyncio.ensure_future(self.clock.sleep(t.probe_interval_s))
+            waiters: set[asyncio.Future[Any]] = {lost, sleeper}
+            if not reconcile.done():
+                waiters.add(reconcile)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for f in (lost, sleeper):
+                if f not in done:
+                    f.cancel()
+            if lost in done:
+                raise LinkLost(f"site {self.site}: AMI connection closed")
+            if reconcile.done() and not reconcile.cancelled() and reconcile.exception() is not None:
+                raise reconcile.exception()  # type: ignore[misc]
+            try:
+                await self._send("Ping", [], timeout_s=t.probe_timeout_s)
+            except TimeoutError:
+                raise PbxUnreachable(f"site {self.site}: no answer to Ping in {t.probe_timeout_s} s") from None
+
+    async def _reconcile(self) -> None:
+        members: dict[str, dict[str, QueueMember]] = {}
+        for m in await self.queue_status():
+            members.setdefault(m.queue, {})[m.interface] = m
+        self.members = members
+        self.registered = {c.endpoint: c for c in await self.contacts()}
+
+    # --- events ----------------------------------------------------------------
+
+    def _on_bad_frame(self, err: ProtocolError) -> None:
+        self.bad_frames += 1
+        log.warning("site %s: %s", self.site, err)
+
+    def _on_frame(self, frame: Frame) -> None:
+        # Runs inside data_received: only quick bookkeeping, never user code.
+        ev = normalize(self.site, frame, self.clock.now())
+        if ev is None:
+            return
+        d = ev.data
+        if ev.kind is EventKind.PHONE_REGISTERED:
+            self.registered[d["endpoint"]] = Contact(d["endpoint"], d["uri"], d["status"])
+        elif ev.kind is EventKind.PHONE_UNREGISTERED:
+            self.registered.pop(d["endpoint"], None)
+        elif ev.kind in (EventKind.QUEUE_MEMBER_ADDED, EventKind.QUEUE_MEMBER_PAUSED,
+                         EventKind.QUEUE_MEMBER_STATUS):
+            self.members.setdefault(d["queue"], {})[d["interface"]] = member_from(frame)
+        elif ev.kind is EventKind.QUEUE_MEMBER_REMOVED:
+            self.members.get(d["queue"], {}).pop(d["interface"], None)
+        self._publish(ev)
+
+    def _publish(self, ev: PbxEvent) -> None:
+        for q in self._subs:
+            if q.qsize() >= SUBSCRIBER_BACKLOG:
+                q.get_nowait()  # a stalled subscriber loses its oldest, never stalls the reader
+                self.dropped_events += 1
+            q.put_nowait(ev)
+
+    async def events(self) -> AsyncIterator[PbxEvent]:
+        q: asyncio.Queue[PbxEvent] = asyncio.Queue()
+        self._subs.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subs.remove(q)
+
+    # --- commands --------------------------------------------------------------
+
+    async def _send(self, name: str, fields: list[tuple[str, str]], *, as_list: bool = False,
+                    timeout_s: float | None = None) -> Any:
+        proto = self._proto
+        if proto is None or proto.closed:
+            raise LinkLost(f"site {self.site}: AMI connection closed")
+        data: dict[str, Any] = {"Action": name, "ActionID": f"ccdr-{self.site}-{next(self._ids)}"}
+        for k, v in fields:  # a repeated field (Variable) becomes a list
+            if k in data:
+                data[k] = [*data[k], v] if isinstance(data[k], list) else [data[k], v]
+            else:
+                data[k] = v
+        action = Action(data, as_list=as_list)
+        fut = proto.send(action, as_list=as_list)
+        return await asyncio.wait_for(fut, timeout_s or self.timings.command_timeout_s)
+
+    async def command(self, name: str, fields: list[tuple[str, str]] | None = None, *,
+                      as_list: bool = False) -> Any:
+        """Send an action with bounded pipelining; raise PbxCommandError on an Error reply.
+
+        An idempotent action that loses its link is tried once more after the
+        link is back; any other fails fast with LinkLost.
+        """
+        for attempt in (0, 1):
+            if self._state is not LinkState.UP:
+                if attempt == 0 or name not in IDEMPOTENT:
+                    raise PbxUnreachable(f"site {self.site}: AMI link is {self._state.value}")
+                await self.wait_up(self.timings.command_timeout_s)
+            async with self._sem:
+                try:
+                    res = await self._send(name, fields or [], as_list=as_list)
+                except LinkLost:
+                    if name in IDEMPOTENT and attempt == 0:
+                        await self.wait_up(self.timings.command_timeout_s)
+                        continue
+                    raise
+                except TimeoutError:
+                    raise PbxUnreachable(f"site {self.site}: no answer to {name} in "
+                                         f"{self.timings.command_timeout_s} s") from None
+            first = res[0] if isinstance(res, list) else res
+            if isinstance(first, Message) and first.get("Response", "").lower() in ("error", "failure", "fail"):
+                raise PbxCommandError(f"site {self.site}: {name}: {first.get('Message', 'error')}")
+            return res
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> float:
+        t0 = self.clock.now()
+        await self.command("Ping")
+        return self.clock.now() - t0
+
+    async def queue_add(self, queue: str, interface: str, name: str = "", penalty: int = 0,
+                        paused: bool = False) -> None:
+        fields = [("Queue", queue), ("Interface", interface)]
+        if name:
+            fields.append(("MemberName", name))
+        fields += [("Penalty", str(penalty)), ("Paused", "true" if paused else "false")]
+        await self.command("QueueAdd", fields, as_list=False)  # as_list=False: see module docstring
+
+    async def queue_remove(self, queue: str, interface: str) -> None:
+        await self.command("QueueRemove", [("Queue", queue), ("Interface", interface)], as_list=False)
+
+    async def queue_pause(self, queue: str, interface: str, paused: bool, reason: str = "") -> None:
+        fields = [("Queue", queue), ("Interface", interface), ("Paused", "true" if paused else "false")]
+        if reason:
+            fields.append(("Reason", reason))
+        await self.command("QueuePause", fields, as_list=False)
+
+    async def queue_status(self, queue: str | None = None, member: str | None = None) -> list[QueueMember]:
+        fields = [("Queue", queue)] if queue else []
+        if member:
+            fields.append(("Member", member))
+        msgs = await self.command("QueueStatus", fields, as_list=True)
+        return [member_from(m.frame) for m in msgs if m.get("Event", "") == "QueueMember"]
+
+    async def contacts(self) -> list[Contact]:
+        try:
+            msgs = await self.command("PJSIPShowContacts", as_list=True)
+        except PbxCommandError as exc:
+            # Asterisk 22 answers an empty list with "Response: Error / No Contacts found".
+            if "No Contacts found" in str(exc):
+                return []
+            raise
+        return [contact_from(m.frame) for m in msgs if m.get("Event", "") == "ContactList"]
+
+    async def reload(self, module: str | None = None) -> None:
+        await self.command("Reload", [("Module", module)] if module else [], as_list=False)
+
+    async def originate(self, channel: str, context: str, exten: str, priority: int = 1,
+                        variables: dict[str, str] | None = None, timeout_s: float = 30.0) -> Frame:
+        fields = [("Channel", channel), ("Context", context), ("Exten", exten), ("Priority", str(priority)),
+                  ("Async", "true"), ("Timeout", str(int(timeout_s * 1000)))]
+        fields += [("Variable", f"{k}={v}") for k, v in sorted((variables or {}).items())]
+        # Returns once Asterisk queued the call: OriginateResponse is a "call" class
+        # event, outside the default event mask.
+        msg = await self.command("Originate", fields, as_list=False)
+        frame: Frame = msg.frame
+        return frame

@@ -1,0 +1,147 @@
+"""panoramisk's AMIProtocol with our parser, serializer and failure semantics.
+
+panoramisk keeps what it does well: matching responses and event lists to the
+action that asked (``Action.add_message`` futures). Our overrides:
+- ``data_received`` feeds bytes to :class:`AmiParser`, which decodes complete
+  frames only (panoramisk decodes each read with errors='ignore', dropping a
+  character split across reads);
+- ``send`` writes with our CRLF serializer, so ``panoramisk.testing`` setting
+  ``utils.EOL = '\\n'`` for the whole process cannot change our wire format;
+- events are handed to the client's queue; no user code runs inside
+  ``data_received`` (an exception there closes the transport);
+- ``close`` fails every pending action with LinkLost instead of queueing it to
+  be re-sent silently after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from panoramisk import actions
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
+
+from controlplane.errors import LinkLost, ProtocolError
+from controlplane.protocols.ami import AmiParser, serialize_action
+from controlplane.protocols.frame import Frame
+
+log = logging.getLogger(__name__)
+
+
+def frame_to_message(frame: Frame) -> Message:
+    """A panoramisk Message for response matching; the lossless Frame rides along."""
+    headers: dict[str, Any] = {}
+    for k, v in frame.items:
+        headers.setdefault(k, v)  # first value: panoramisk's dict is single-valued
+    msg = Message(headers, content=frame.body)
+    msg.frame = frame
+    return msg
+
+
+class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
+    factory: Any
+    version: str | None
+    closed: bool
+
+    def __init__(self, on_event: Callable[[Frame], None], on_lost: Callable[[Exception | None], None],
+                 on_bad_frame: Callable[[ProtocolError], None]) -> None:
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self.parser = AmiParser(on_error=on_bad_frame)
+        self.factory = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.factory = _Factory()
+
+    def send(self, data: actions.Action, as_list: bool = False) -> asyncio.Future[Any]:
+        data.as_list = as_list
+        self.responses[data.id] = data
+        if data.action_id:
+            self.responses[data.action_id] = data
+        fields = []
+        for k, v in data.items():
+            if k.lower() == "action":
+                continue
+            for item in v if isinstance(v, list | tuple) else [v]:
+                fields.append((k, str(item)))
+        self.transport.write(serialize_action(data["Action"], fields))
+        fut: asyncio.Future[Any] = data.future
+        return fut
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.parser.feed(data):
+            if self.version is None and self.parser.banner:
+                self.version = self.parser.banner.partition("/")[2]
+            self.handle_message(frame_to_message(frame))
+
+    def handle_message(self, message: Message) -> None:
+        response = self.responses.get(message.id)
+        if response is None and message.action_id:
+            response = self.responses.get(message.action_id)
+        if response is not None and _add(response, message):
+            self.responses.pop(response.id, None)
+            if response.action_id:
+                self.responses.pop(response.action_id, None)
+        # Every event also goes to the client (list events included: they carry
+        # state, e.g. QueueMember). Queued, never processed here.
+        if "event" in message:
+            self._on_event(message.frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        self._on_lost(exc)
+
+    def close(self) -> None:
+        for action in {id(a): a for a in self.responses.values()}.values():
+            if not action.future.done():
+                action.future.set_exception(LinkLost(f"AMI link lost with {action['Action']} in flight"))
+        self.responses.clear()
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+def _add(action: actions.Action, message: Message) -> bool:
+    """Record ``message`` for ``action``; True when the action is complete.
+
+    panoramisk's ``Action.multi`` guesses from the reply's text whether more
+    messages follow ("added ... to queue" counts as a list: QueueAdd hung), and a
+    list action answered with an Error (Asterisk 22: PJSIPShowContacts with no
+    contacts) never completes. Here every action states its shape (``as_list``):
+    - single: the first message completes it;
+    - list: an error reply completes it; otherwise the event that ends the list
+      (``EventList: Complete`` / ``...Complete``), or ``OriginateResponse``.
+    """
+    action.responses.append(message)
+    fut = action.future
+    if fut.done():
+        return True
+    if not action.as_list:
+        fut.set_result(message)
+        return True
+    first = action.responses[0]
+    if len(action.responses) == 1 and first.get("Response", "").lower() in ("error", "failure", "fail"):
+        fut.set_result([first])
+        return True
+    ev = message.get("Event", "")
+    if ev.endswith("Complete") or message.get("EventList", "").lower() == "complete" or ev == "OriginateResponse":
+        fut.set_result(list(action.responses))
+        return True
+    return False
+
+
+class _Factory:
+    """What panoramisk's AMIProtocol expects of its manager; we route nothing through it."""
+
+    forgetable_actions = ("ping", "login")
+    awaiting_actions: tuple[Any, ...] = ()
+
+    def dispatch(self, message: Message) -> None:  # pragma: no cover - handle_message is ours
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:  # pragma: no cover
+        pass
