@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from controlplane.errors import PbxCommandError
 from controlplane.login.decide import AgentProfile, SwitchRule
 from controlplane.login.ports import AgentRecord, Line
-from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember
+from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember, Subscription
 from controlplane.protocols.frame import Frame
 
 
@@ -35,11 +34,8 @@ class FakePbx(PbxClient):
 
     async def close(self) -> None: ...
 
-    async def events(self) -> AsyncIterator[PbxEvent]:  # type: ignore[override]
-        q: asyncio.Queue[PbxEvent] = asyncio.Queue()
-        self._subs.append(q)
-        while True:
-            yield await q.get()
+    def events(self) -> Subscription:
+        return Subscription(self._subs)
 
     def emit(self, kind: EventKind, **data: Any) -> PbxEvent:
         ev = PbxEvent(kind, self.site, time.monotonic(), data)

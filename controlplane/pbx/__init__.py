@@ -7,6 +7,7 @@ from controlplane.pbx.base import (
     PbxClient,
     PbxEvent,
     QueueMember,
+    Subscription,
 )
 
-__all__ = ["Contact", "EventKind", "LinkState", "PbxClient", "PbxEvent", "QueueMember"]
+__all__ = ["Contact", "EventKind", "LinkState", "PbxClient", "PbxEvent", "QueueMember", "Subscription"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,28 @@ class PbxEvent:
     at: float  # monotonic seconds
     data: dict[str, Any] = field(default_factory=dict)
     raw: Frame | None = None
+
+
+class Subscription:
+    """An event subscription, registered the moment it is created (an async
+    generator would only subscribe at its first iteration, losing what came before)."""
+
+    def __init__(self, subs: list[asyncio.Queue[PbxEvent]]) -> None:
+        self._subs = subs
+        self.queue: asyncio.Queue[PbxEvent] = asyncio.Queue()
+        subs.append(self.queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> PbxEvent:
+        if self.queue not in self._subs:
+            raise StopAsyncIteration
+        return await self.queue.get()
+
+    async def aclose(self) -> None:
+        if self.queue in self._subs:
+            self._subs.remove(self.queue)
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,7 @@ class PbxClient(abc.ABC):
         """Stop every task of this client and close the link."""
 
     @abc.abstractmethod
-    def events(self) -> AsyncIterator[PbxEvent]:
+    def events(self) -> Subscription:
         """A new subscription to normalized events (each subscriber gets every event)."""
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from panoramisk.actions import Action
@@ -29,7 +29,15 @@ from controlplane.errors import (
 )
 from controlplane.pbx.asterisk.normalize import contact_from, member_from, normalize
 from controlplane.pbx.asterisk.protocol import CcdrAmiProtocol
-from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember
+from controlplane.pbx.base import (
+    Contact,
+    EventKind,
+    LinkState,
+    PbxClient,
+    PbxEvent,
+    QueueMember,
+    Subscription,
+)
 from controlplane.protocols.frame import Frame
 from controlplane.runtime.clock import Clock, RealClock
 from controlplane.settings import AmiLink, Timings
@@ -103,15 +111,17 @@ class AsteriskClient(PbxClient):
     async def close(self) -> None:
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.5)
         if self._proto is not None:
             self._proto.close()
         self._set_state(LinkState.CLOSED)
 
     async def wait_up(self, timeout_s: float) -> None:
         try:
-            await asyncio.wait_for(self._up.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._up.wait()
         except TimeoutError:
             raise PbxUnreachable(f"site {self.site}: AMI not up within {timeout_s} s") from None
 
@@ -177,8 +187,8 @@ class AsteriskClient(PbxClient):
             return CcdrAmiProtocol(self._on_frame, lambda exc: lost.set(), self._on_bad_frame)
 
         connect = self._connector or asyncio.get_running_loop().create_connection
-        _, proto = await asyncio.wait_for(connect(factory, self.link.host, self.link.port),
-                                          self.timings.connect_timeout_s)
+        async with asyncio.timeout(self.timings.connect_timeout_s):
+            _, proto = await connect(factory, self.link.host, self.link.port)
         self._proto = proto
         secret = self._secret if self._secret is not None else self.link.secret.reveal("ami.secret")
         resp = await self._send("Login", [("Username", self.link.username), ("Secret", secret),
@@ -246,14 +256,8 @@ class AsteriskClient(PbxClient):
                 self.dropped_events += 1
             q.put_nowait(ev)
 
-    async def events(self) -> AsyncIterator[PbxEvent]:
-        q: asyncio.Queue[PbxEvent] = asyncio.Queue()
-        self._subs.append(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self._subs.remove(q)
+    def events(self) -> Subscription:
+        return Subscription(self._subs)
 
     # --- commands --------------------------------------------------------------
 
@@ -270,7 +274,10 @@ class AsteriskClient(PbxClient):
                 data[k] = v
         action = Action(data, as_list=as_list)
         fut = proto.send(action, as_list=as_list)
-        return await asyncio.wait_for(fut, timeout_s or self.timings.command_timeout_s)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that lands as the reply arrives, and close() would then wait forever.
+        async with asyncio.timeout(timeout_s or self.timings.command_timeout_s):
+            return await fut
 
     async def command(self, name: str, fields: list[tuple[str, str]] | None = None, *,
                       as_list: bool = False) -> Any:
@@ -289,6 +296,7 @@ class AsteriskClient(PbxClient):
                     res = await self._send(name, fields or [], as_list=as_list)
                 except LinkLost:
                     if name in IDEMPOTENT and attempt == 0:
+                        self._up.clear()  # this link is gone even if the link task has not noticed yet
                         await self.wait_up(self.timings.command_timeout_s)
                         continue
                     raise

@@ -1,0 +1,357 @@
+"""The Asterisk adapter against a fake AMI server on loopback: each panoramisk 1.4
+defect named in DEVELOPERS.md has a test here that fails without our fix, and each
+shows the defect itself on plain panoramisk where that can be done in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import panoramisk.utils
+import pytest
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.manager import Manager
+from panoramisk.message import Message
+
+from controlplane.errors import LinkLost, PbxAuthError, PbxCommandError
+from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.base import EventKind, LinkState, PbxEvent
+from controlplane.runtime.clock import RealClock
+from controlplane.settings import AmiLink, Backoff, SecretRef, Timings
+from controlplane.testing.fake_ami import FakeAmi
+
+FAST = Timings(probe_interval_s=0.05, probe_timeout_s=0.1, connect_timeout_s=1.0, command_timeout_s=1.0,
+               max_in_flight=8, reconnect=Backoff(initial_s=0.05, max_s=0.2, factor=2, jitter=0))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAmi]:
+    f = FakeAmi()
+    await f.start()
+    yield f
+    await f.stop()
+
+
+def client(fake: FakeAmi, secret: str = "s3cret", timings: Timings = FAST, **kw: Any) -> AsteriskClient:
+    link = AmiLink(host="127.0.0.1", port=fake.port, username="ccdr", secret=SecretRef(env="UNUSED"))
+    return AsteriskClient("a", link, timings, secret=secret, **kw)
+
+
+async def next_event(it: Any, kind: EventKind, timeout: float = 2.0) -> PbxEvent:
+    async def find() -> PbxEvent:
+        async for ev in it:
+            if ev.kind is kind:
+                return ev
+        raise AssertionError("stream ended")
+    return await asyncio.wait_for(find(), timeout)
+
+
+# 1. single-response actions hang unless as_list=False ------------------------------
+
+def test_defect1_plain_panoramisk_leaves_queueadd_pending() -> None:
+    """The defect itself: panoramisk guesses from "Added interface to queue" that a list follows."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        act = Action({"Action": "QueueAdd", "Queue": "q", "Interface": "PJSIP/1"})
+        done = act.add_message(Message({"Response": "Success", "Message": "Added interface to queue"}))
+        assert not done and not act.future.done()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+async def test_defect1_fixed_queueadd_completes_and_exact_action_sent(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    try:
+        await asyncio.wait_for(c.queue_add("sales", "PJSIP/1001", name="alice/7", penalty=2), 1)
+        qa = fake.actions("QueueAdd")[0]
+        assert [(k, v) for k, v in qa.items if k != "ActionID"] == [
+            ("Action", "QueueAdd"), ("Queue", "sales"), ("Interface", "PJSIP/1001"),
+            ("MemberName", "alice/7"), ("Penalty", "2"), ("Paused", "false")]
+        assert qa.items[1][0] == "ActionID" and qa["ActionID"].startswith("ccdr-a-")
+        with pytest.raises(PbxCommandError, match="Already there"):
+            await c.queue_add("sales", "PJSIP/1001")
+        await c.queue_pause("sales", "PJSIP/1001", True, reason="lunch")
+        assert [(k, v) for k, v in fake.actions("QueuePause")[0].items if k != "ActionID"] == [
+            ("Action", "QueuePause"), ("Queue", "sales"), ("Interface", "PJSIP/1001"), ("Paused", "true"),
+            ("Reason", "lunch")]
+        await c.queue_remove("sales", "PJSIP/1001")
+        assert [(k, v) for k, v in fake.actions("QueueRemove")[0].items if k != "ActionID"] == [
+            ("Action", "QueueRemove"), ("Queue", "sales"), ("Interface", "PJSIP/1001")]
+        assert await c.contacts() == []  # Asterisk 22's "No Contacts found" error is an empty list
+    finally:
+        await c.close()
+
+
+async def test_pipelined_commands_bounded_and_read_back(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    try:
+        await asyncio.gather(*(c.queue_add("big", f"Local/{i}@x", name=f"m{i}") for i in range(300)))
+        members = await c.queue_status("big")
+        assert sorted(m.interface for m in members) == sorted(f"Local/{i}@x" for i in range(300))
+        one = await c.queue_status("big", member="Local/7@x")
+        assert [(m.queue, m.interface, m.name) for m in one] == [("big", "Local/7@x", "m7")]
+        assert fake.actions("QueueStatus")[-1].items[2:] == [("Queue", "big"), ("Member", "Local/7@x")]
+    finally:
+        await c.close()
+
+
+# 2. a frozen Asterisk is never noticed -------------------------------------------------
+
+async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_timeout(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        fake.frozen = True  # TCP stays open, nothing answers
+        t0 = time.monotonic()
+        ev = await next_event(events, EventKind.PBX_DOWN, timeout=2)
+        took = time.monotonic() - t0
+        assert c.state in (LinkState.UNREACHABLE, LinkState.CONNECTING)
+        assert took < FAST.probe_interval_s + FAST.probe_timeout_s + 0.3, took
+        assert "Ping" in (ev.data["error"] or "")
+        fake.frozen = False
+        await next_event(events, EventKind.PBX_UP, timeout=2)
+    finally:
+        await events.aclose()
+        await c.close()
+
+
+# 3. a bad password retries forever in silence ---------------------------------------------
+
+async def test_defect3_bad_password_is_a_distinct_state_not_a_retry_loop(fake: FakeAmi) -> None:
+    c = client(fake, secret="wrong")
+    events = c.events()
+    with pytest.raises(PbxAuthError, match="login refused"):
+        await c.start()
+    assert c.state is LinkState.AUTH_FAILED
+    ev = await next_event(events, EventKind.PBX_AUTH_FAILED, timeout=1)
+    assert "Authentication failed" in (ev.data["error"] or "")
+    assert "wrong" not in repr(c) and "wrong" not in str(ev.data)
+    await asyncio.sleep(10 * FAST.reconnect.initial_s)  # several backoff periods
+    assert fake.connections == 1, "retried a refused login"
+    await events.aclose()
+    await c.close()
+
+
+# 4. a reconnect interval under 1 s becomes 0 ----------------------------------------------
+
+def test_defect4_plain_panoramisk_truncates_subsecond_reconnect_to_zero() -> None:
+    assert Manager(reconnect_timeout=0.5).reconnect_timeout == 0
+
+
+class RecordingClock(RealClock):
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await super().sleep(seconds)
+
+
+async def test_defect4_fixed_subsecond_backoff_is_honoured(fake: FakeAmi) -> None:
+    port = fake.port
+    await fake.stop()  # nothing listens: every attempt is refused
+    clock = RecordingClock()
+    t = Timings(probe_interval_s=0.05, probe_timeout_s=0.1, connect_timeout_s=0.5,
+                reconnect=Backoff(initial_s=0.3, max_s=0.6, factor=2, jitter=0))
+    link = AmiLink(host="127.0.0.1", port=port, username="ccdr", secret=SecretRef(env="UNUSED"))
+    c = AsteriskClient("a", link, t, secret="s3cret", clock=clock)
+    await c.start()
+    assert c.state is LinkState.UNREACHABLE
+    await asyncio.sleep(1.0)
+    await c.close()
+    assert clock.sleeps[:2] == [0.3, 0.6]
+    assert 2 <= c.reconnects <= 3  # not hundreds of zero-delay attempts
+
+
+# 5. a UTF-8 character split across reads is lost -------------------------------------------
+
+def test_defect5_plain_panoramisk_loses_split_utf8() -> None:
+    proto = AMIProtocol()
+    proto.connection_made(transport=None)
+    got: list[Message] = []
+    proto.handle_message = got.append
+    data = "Event: X\r\nName: Zoë\r\n\r\n".encode()
+    cut = data.index("ë".encode()) + 1
+    proto.encoding = "utf8"
+    proto.data_received(data[:cut])
+    proto.data_received(data[cut:])
+    assert got[0]["Name"] != "Zoë"
+
+
+async def test_defect5_fixed_split_utf8_kept(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        items = [("Event", "ContactStatus"), ("URI", "sip:1001@h"), ("ContactStatus", "Created"),
+                 ("AOR", "1001"), ("EndpointName", "Zoë-测试")]
+        data = "".join(f"{k}: {v}\r\n" for k, v in items).encode()
+        await fake.push(items, split_at=data.index("ë".encode()) + 1)
+        ev = await next_event(events, EventKind.PHONE_REGISTERED)
+        assert ev.data["endpoint"] == "Zoë-测试" and ev.raw is not None and ev.raw["URI"] == "sip:1001@h"
+    finally:
+        await events.aclose()
+        await c.close()
+
+
+# 6. an exception in a sync handler kills the connection -------------------------------------
+
+def test_defect6_plain_panoramisk_handler_error_escapes_data_received() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        m = Manager(loop=loop)
+
+        def bad(manager: Any, event: Any) -> None:
+            raise RuntimeError("handler bug")
+
+        m.register_event("*", bad)
+        with pytest.raises(RuntimeError):  # inside data_received this closes the transport
+            m.dispatch(Message({"Event": "DeviceStateChange"}))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+async def test_defect6_fixed_failing_subscriber_does_not_touch_the_link(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    good = c.events()
+
+    async def bad_consumer() -> None:
+        async for _ in c.events():
+            raise RuntimeError("handler bug")
+
+    bad = asyncio.create_task(bad_consumer())
+    await asyncio.sleep(0)
+    try:
+        await fake.push([("Event", "DeviceStateChange"), ("Device", "PJSIP/1001"), ("State", "INUSE")])
+        ev = await next_event(good, EventKind.DEVICE_STATE)
+        assert ev.data == {"device": "PJSIP/1001", "state": "INUSE"}
+        with pytest.raises(RuntimeError):
+            await bad
+        assert c.state is LinkState.UP and fake.connections == 1
+        assert await c.ping() >= 0
+    finally:
+        await good.aclose()
+        await c.close()
+
+
+# 7. panoramisk.testing changes a global --------------------------------------------------------
+
+async def test_defect7_crlf_on_the_wire_even_after_panoramisk_testing_changed_eol(
+    fake: FakeAmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(panoramisk.utils, "EOL", "\n")  # what panoramisk.testing.Manager() does
+    c = client(fake)
+    await c.start()
+    try:
+        await c.queue_add("q", "PJSIP/9")
+    finally:
+        await c.close()
+    raw = bytes(fake.raw)
+    assert b"Action: QueueAdd\r\nActionID: " in raw and b"\n\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_defect7_ccdr_never_imports_panoramisk_testing() -> None:
+    code = ("import sys, controlplane.pbx.asterisk, controlplane.testing.fake_ami, controlplane.cli.main;"
+            "print('panoramisk.testing' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# link loss, reconnect, state re-read -------------------------------------------------------------
+
+async def test_command_in_flight_fails_fast_when_link_drops_and_is_not_resent(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    try:
+        fake.close_on = "QueueAdd"
+        t0 = time.monotonic()
+        with pytest.raises(LinkLost):
+            await c.queue_add("q", "PJSIP/1")
+        assert time.monotonic() - t0 < 0.5
+        fake.close_on = None
+        await c.wait_up(2)
+        await asyncio.sleep(0.1)
+        assert len(fake.actions("QueueAdd")) == 1, "a non-idempotent action was re-sent"
+    finally:
+        await c.close()
+
+
+async def test_idempotent_command_retried_after_reconnect(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    try:
+        fake.members = {"q": {"PJSIP/5": ("e", 0)}}
+        fake.close_on = "QueueStatus"
+        task = asyncio.create_task(c.queue_status("q"))
+        await asyncio.sleep(0.05)
+        fake.close_on = None
+        members = await asyncio.wait_for(task, 3)
+        assert [m.interface for m in members] == ["PJSIP/5"]
+    finally:
+        await c.close()
+
+
+async def test_reconnect_rereads_state_so_picture_equals_pbx(fake: FakeAmi) -> None:
+    fake.members = {"sales": {"PJSIP/1": ("a", 0)}}
+    fake.contacts = {"1001": "sip:1001@h:5060"}
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        await asyncio.sleep(0.1)
+        assert set(c.members["sales"]) == {"PJSIP/1"} and set(c.registered) == {"1001"}
+        # While the link is down, the PBX changes.
+        fake.drop_all()
+        fake.members = {"sales": {"PJSIP/2": ("b", 1)}, "vip": {"PJSIP/3": ("c", 0)}}
+        fake.contacts = {"1002": "sip:1002@h:5060"}
+        await next_event(events, EventKind.PBX_DOWN)
+        await next_event(events, EventKind.PBX_UP)
+        for _ in range(50):
+            if set(c.registered) == {"1002"}:
+                break
+            await asyncio.sleep(0.02)
+        assert {q: set(m) for q, m in c.members.items()} == {"sales": {"PJSIP/2"}, "vip": {"PJSIP/3"}}
+        assert set(c.registered) == {"1002"}
+        assert len(fake.actions("Login")) == 2
+    finally:
+        await events.aclose()
+        await c.close()
+
+
+async def test_normalized_events_keep_raw_frame(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        await fake.push([("Event", "QueueMemberAdded"), ("Queue", "sales"), ("MemberName", "bob"),
+                         ("Interface", "PJSIP/7"), ("Penalty", "1"), ("Paused", "0")])
+        ev = await next_event(events, EventKind.QUEUE_MEMBER_ADDED)
+        assert ev.data["interface"] == "PJSIP/7" and ev.data["penalty"] == 1 and ev.raw is not None
+        await fake.push([("Event", "QueueMemberPause"), ("Queue", "sales"), ("Interface", "PJSIP/7"),
+                         ("Paused", "1"), ("PausedReason", "lunch")])
+        ev = await next_event(events, EventKind.QUEUE_MEMBER_PAUSED)
+        assert ev.data["paused"] is True and ev.raw is not None and ev.raw["PausedReason"] == "lunch"
+        await fake.push([("Event", "Registry"), ("ChannelType", "PJSIP"), ("Username", "carrier1"),
+                         ("Domain", "sip.example"), ("Status", "Registered")])
+        ev = await next_event(events, EventKind.TRUNK_REGISTRATION)
+        assert ev.data["trunk"] == "carrier1" and ev.data["status"] == "Registered"
+        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@h"), ("ContactStatus", "Removed"),
+                         ("AOR", "1001"), ("EndpointName", "1001")])
+        ev = await next_event(events, EventKind.PHONE_UNREGISTERED)
+        assert ev.data["endpoint"] == "1001" and "1001" not in c.registered
+    finally:
+        await events.aclose()
+        await c.close()
