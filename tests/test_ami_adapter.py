@@ -42,13 +42,13 @@ def client(fake: FakeAmi, secret: str = "s3cret", timings: Timings = FAST, **kw:
     return AsteriskClient("a", link, timings, secret=secret, **kw)
 
 
-async def next_event(it: Any, kind: EventKind, timeout: float = 2.0) -> PbxEvent:
+async def next_event(it: Any, kind: EventKind, within: float = 2.0) -> PbxEvent:
     async def find() -> PbxEvent:
         async for ev in it:
             if ev.kind is kind:
                 return ev
         raise AssertionError("stream ended")
-    return await asyncio.wait_for(find(), timeout)
+    return await asyncio.wait_for(find(), within)
 
 
 # 1. single-response actions hang unless as_list=False ------------------------------
@@ -113,13 +113,13 @@ async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_time
     try:
         fake.frozen = True  # TCP stays open, nothing answers
         t0 = time.monotonic()
-        ev = await next_event(events, EventKind.PBX_DOWN, timeout=2)
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
         took = time.monotonic() - t0
         assert c.state in (LinkState.UNREACHABLE, LinkState.CONNECTING)
         assert took < FAST.probe_interval_s + FAST.probe_timeout_s + 0.3, took
         assert "Ping" in (ev.data["error"] or "")
         fake.frozen = False
-        await next_event(events, EventKind.PBX_UP, timeout=2)
+        await next_event(events, EventKind.PBX_UP, within=2)
     finally:
         await events.aclose()
         await c.close()
@@ -133,7 +133,7 @@ async def test_defect3_bad_password_is_a_distinct_state_not_a_retry_loop(fake: F
     with pytest.raises(PbxAuthError, match="login refused"):
         await c.start()
     assert c.state is LinkState.AUTH_FAILED
-    ev = await next_event(events, EventKind.PBX_AUTH_FAILED, timeout=1)
+    ev = await next_event(events, EventKind.PBX_AUTH_FAILED, within=1)
     assert "Authentication failed" in (ev.data["error"] or "")
     assert "wrong" not in repr(c) and "wrong" not in str(ev.data)
     await asyncio.sleep(10 * FAST.reconnect.initial_s)  # several backoff periods

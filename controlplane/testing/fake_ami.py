@@ -119,13 +119,13 @@ class FakeAmi:
         ok = [("Response", "Success"), ("ActionID", aid)]
         if name == "login":
             if f.get("Username") == self.username and f.get("Secret") == self.secret:
-                return [ok + [("Message", "Authentication accepted")],
+                return [[*ok, ("Message", "Authentication accepted")],
                         [("Event", "FullyBooted"), ("Privilege", "system,all"), ("Status", "Fully Booted")]]
             return [[("Response", "Error"), ("ActionID", aid), ("Message", "Authentication failed")]]
         if not authed:
             return [[("Response", "Error"), ("ActionID", aid), ("Message", "Permission denied")]]
         if name == "ping":
-            return [ok + [("Ping", "Pong"), ("Timestamp", "1.0")]]
+            return [[*ok, ("Ping", "Pong"), ("Timestamp", "1.0")]]
         if name == "queueadd":
             q, iface = f.get("Queue") or "", f.get("Interface") or ""
             if not self.reply_queue_add:
@@ -134,17 +134,17 @@ class FakeAmi:
                 return [[("Response", "Error"), ("ActionID", aid),
                          ("Message", "Unable to add interface: Already there")]]
             self.members[q][iface] = (f.get("MemberName") or iface, int(f.get("Penalty") or 0))
-            return [ok + [("Message", "Added interface to queue")]]
+            return [[*ok, ("Message", "Added interface to queue")]]
         if name == "queueremove":
             q, iface = f.get("Queue") or "", f.get("Interface") or ""
             if self.members.get(q, {}).pop(iface, None) is None:
                 return [[("Response", "Error"), ("ActionID", aid),
                          ("Message", "Unable to remove interface: Not there")]]
-            return [ok + [("Message", "Removed interface from queue")]]
+            return [[*ok, ("Message", "Removed interface from queue")]]
         if name == "queuestatus":
             qs = [f["Queue"]] if "Queue" in f else sorted(self.members)
             member = f.get("Member")
-            out = [ok + [("EventList", "start"), ("Message", "Queue status will follow")]]
+            out = [[*ok, ("EventList", "start"), ("Message", "Queue status will follow")]]
             n = 0
             for q in qs:
                 out.append([("Event", "QueueParams"), ("Queue", q), ("ActionID", aid)])
@@ -162,7 +162,7 @@ class FakeAmi:
         if name == "pjsipshowcontacts":
             if not self.contacts:
                 return [[("Response", "Error"), ("ActionID", aid), ("Message", "No Contacts found")]]
-            out = [ok + [("EventList", "start"), ("Message", "A listing of Contacts follows")]]
+            out = [[*ok, ("EventList", "start"), ("Message", "A listing of Contacts follows")]]
             for ep, uri in sorted(self.contacts.items()):
                 out.append([("Event", "ContactList"), ("ActionID", aid), ("ObjectType", "contact"),
                             ("Endpoint", ep), ("Uri", uri), ("Status", "NonQualified")])
@@ -170,7 +170,7 @@ class FakeAmi:
                         ("ListItems", str(len(self.contacts)))])
             return out
         if name in ("reload", "originate", "queuepause"):
-            return [ok + [("Message", "ok")]]
+            return [[*ok, ("Message", "ok")]]
         return [[("Response", "Error"), ("ActionID", aid), ("Message", "Invalid/unknown command")]]
 
 
