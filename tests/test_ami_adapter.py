@@ -25,7 +25,7 @@ from controlplane.runtime.clock import RealClock
 from controlplane.settings import AmiLink, Backoff, SecretRef, Timings
 from controlplane.testing.fake_ami import FakeAmi
 
-FAST = Timings(probe_interval_s=0.05, probe_timeout_s=0.1, connect_timeout_s=1.0, command_timeout_s=1.0,
+FAST = Timings(probe_interval_s=0.05, probe_timeout_s=0.1, connect_timeout_s=1.0, command_timeout_s=5.0,
                max_in_flight=8, reconnect=Backoff(initial_s=0.05, max_s=0.2, factor=2, jitter=0))
 
 

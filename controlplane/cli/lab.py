@@ -90,6 +90,28 @@ def status(as_json: bool) -> None:
         _print_status(st)
 
 
+@lab.command()
+@click.option("--protocol", type=click.Choice(["ami", "esl"]), required=True)
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def replay(protocol: str, port: int, host: str, file: str) -> None:
+    """Serve a recorded trace to one client, answering its actions from the trace."""
+    import asyncio
+    from pathlib import Path
+
+    from controlplane.testing.replay import AmiReplay, EslReplay, serve_once
+
+    data = Path(file).read_bytes()
+    rep: AmiReplay | EslReplay = AmiReplay(data) if protocol == "ami" else EslReplay(data)
+    click.echo(f"serving {file} ({protocol}) on {host}:{port} to one client", err=True)
+    try:
+        asyncio.run(serve_once(rep, host, port))
+    except OSError as exc:
+        click.echo(f"ccdr lab: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(1)
+
+
 def _fault(verb: str, doc: str) -> click.Command:
     @click.argument("site")
     def cmd(site: str) -> None:

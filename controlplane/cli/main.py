@@ -13,6 +13,7 @@ import click
 from controlplane import __version__
 from controlplane.cli.config import config
 from controlplane.cli.events import events
+from controlplane.cli.events_live import record, tail
 from controlplane.cli.lab import lab
 
 
@@ -27,4 +28,6 @@ def cli(verbose: int) -> None:
 
 cli.add_command(config)
 cli.add_command(events)
+events.add_command(tail)
+events.add_command(record)
 cli.add_command(lab)

@@ -65,6 +65,7 @@ class AsteriskClient(PbxClient):
         event_mask: str = DEFAULT_EVENT_MASK,
         connector: Connector | None = None,
         clock: Clock | None = None,
+        tap: Callable[[bytes], None] | None = None,
     ) -> None:
         self.site = site
         self.link = link
@@ -72,6 +73,7 @@ class AsteriskClient(PbxClient):
         self._secret = secret
         self.event_mask = event_mask
         self._connector = connector
+        self._tap = tap  # sees every byte received, as received (ccdr events record)
         self.clock = clock or RealClock()
         self._state = LinkState.CONNECTING
         self._proto: CcdrAmiProtocol | None = None
@@ -184,7 +186,7 @@ class AsteriskClient(PbxClient):
         self._lost = lost
 
         def factory() -> CcdrAmiProtocol:
-            return CcdrAmiProtocol(self._on_frame, lambda exc: lost.set(), self._on_bad_frame)
+            return CcdrAmiProtocol(self._on_frame, lambda exc: lost.set(), self._on_bad_frame, self._tap)
 
         connect = self._connector or asyncio.get_running_loop().create_connection
         async with asyncio.timeout(self.timings.connect_timeout_s):
@@ -220,11 +222,19 @@ class AsteriskClient(PbxClient):
                 raise PbxUnreachable(f"site {self.site}: no answer to Ping in {t.probe_timeout_s} s") from None
 
     async def _reconcile(self) -> None:
-        members: dict[str, dict[str, QueueMember]] = {}
-        for m in await self.queue_status():
-            members.setdefault(m.queue, {})[m.interface] = m
-        self.members = members
-        self.registered = {c.endpoint: c for c in await self.contacts()}
+        """Re-read what the PBX holds. An Error reply (a PBX without app_queue or
+        PJSIP) leaves that part of the picture empty; it does not drop the link."""
+        try:
+            members: dict[str, dict[str, QueueMember]] = {}
+            for m in await self.queue_status():
+                members.setdefault(m.queue, {})[m.interface] = m
+            self.members = members
+        except PbxCommandError as exc:
+            log.warning("site %s: cannot re-read queue members: %s", self.site, exc)
+        try:
+            self.registered = {c.endpoint: c for c in await self.contacts()}
+        except PbxCommandError as exc:
+            log.warning("site %s: cannot re-read contacts: %s", self.site, exc)
 
     # --- events ----------------------------------------------------------------
 

@@ -47,8 +47,9 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
     closed: bool
 
     def __init__(self, on_event: Callable[[Frame], None], on_lost: Callable[[Exception | None], None],
-                 on_bad_frame: Callable[[ProtocolError], None]) -> None:
+                 on_bad_frame: Callable[[ProtocolError], None], tap: Callable[[bytes], None] | None = None) -> None:
         self._on_event = on_event
+        self._tap = tap
         self._on_lost = on_lost
         self.parser = AmiParser(on_error=on_bad_frame)
         self.factory = None
@@ -73,6 +74,8 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
         return fut
 
     def data_received(self, data: bytes) -> None:
+        if self._tap is not None:
+            self._tap(data)
         for frame in self.parser.feed(data):
             if self.version is None and self.parser.banner:
                 self.version = self.parser.banner.partition("/")[2]
