@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.asterisk.client import DEFAULT_EVENT_MASK
 from controlplane.protocols.ami import AmiParser, serialize_action
 from controlplane.settings import load_topology
 
@@ -38,8 +39,9 @@ async def raw_adds(host: str, port: int, user: str, secret: str, ifaces: list[st
     loop = asyncio.get_running_loop()
     login = loop.create_future()
     pending["login"] = login
+    # The same event mask as the adapter: both receive the same traffic.
     writer.write(serialize_action("Login", [("ActionID", "login"), ("Username", user), ("Secret", secret),
-                                            ("Events", "off")]))
+                                            ("Events", DEFAULT_EVENT_MASK)]))
     await login
     sem = asyncio.Semaphore(window)
 

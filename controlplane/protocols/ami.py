@@ -145,8 +145,8 @@ class AmiParser:
                 self._error(f"malformed AMI frame: no 'Key: value' in line {line[:60]!r}",
                             frame_offset if not items else offset + len(text[:ls].encode()))
                 return
-            lk = key.lower()
-            if lk == "event" or lk == "response":
+            # Only 5- and 8-letter keys can be Event/Response: skip lower() for the rest.
+            if (len(key) == 5 or len(key) == 8) and key.lower() in ("event", "response"):
                 if kinds and items:  # glued frames (see module docstring)
                     out.append(Frame(items, "", frame_offset))
                     items = []

@@ -76,23 +76,22 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
     def data_received(self, data: bytes) -> None:
         if self._tap is not None:
             self._tap(data)
+        responses = self.responses
         for frame in self.parser.feed(data):
             if self.version is None and self.parser.banner:
                 self.version = self.parser.banner.partition("/")[2]
-            self.handle_message(frame_to_message(frame))
-
-    def handle_message(self, message: Message) -> None:
-        response = self.responses.get(message.id)
-        if response is None and message.action_id:
-            response = self.responses.get(message.action_id)
-        if response is not None and _add(response, message):
-            self.responses.pop(response.id, None)
-            if response.action_id:
-                self.responses.pop(response.action_id, None)
-        # Every event also goes to the client (list events included: they carry
-        # state, e.g. QueueMember). Queued, never processed here.
-        if "event" in message:
-            self._on_event(message.frame)
+            # A panoramisk Message only for frames that answer one of our actions:
+            # most traffic is events, and building Messages for them doubled the cost.
+            aid = frame.get("ActionID")
+            response = responses.get(aid) if aid is not None else None
+            if response is not None and _add(response, frame_to_message(frame)):
+                responses.pop(response.id, None)
+                if response.action_id:
+                    responses.pop(response.action_id, None)
+            # Every event also goes to the client (list events included: they carry
+            # state, e.g. QueueMember). Only bookkeeping there, never user code.
+            if frame.get("Event") is not None:
+                self._on_event(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
