@@ -30,6 +30,7 @@ from controlplane.protocols.frame import Frame
 BANNER_PREFIX = b"Asterisk Call Manager"
 END_COMMAND = b"--END COMMAND--"
 _FOLLOWS = b"response: follows"
+_KIND_KEYS = ("event", "response")
 _EMPTY_LINE = re.compile(rb"\n\r?\n")
 _NEW_FRAME = re.compile(rb"(?i)(event|response|action):")
 _FOLLOWS_HEADERS = frozenset({"response", "privilege", "actionid", "message"})
@@ -129,30 +130,30 @@ class AmiParser:
 
     def _parse(self, chunk: bytearray | bytes, offset: int, out: list[Frame]) -> None:
         text = chunk.decode("utf-8", "replace")
+        lines = text.split("\n")
         items: list[tuple[str, str]] = []
+        append = items.append
         frame_offset = offset
         kinds = 0  # Event/Response keys seen in this frame
-        line_start = 0
-        for line in text.split("\n"):
-            ls = line_start
-            line_start += len(line) + 1
-            if line.endswith("\r"):
+        for idx, line in enumerate(lines):
+            if line and line[-1] == "\r":
                 line = line[:-1]
-            if not line or line.isspace():  # a lone " " line: tests__fixtures__agent_loggued_in.yaml
+            if not line or (line[0] in " \t" and line.isspace()):  # a lone " ": ..._agent_loggued_in.yaml
                 continue
             key, sep, value = line.partition(":")
             if not sep or not key or key[0] in " \t":
-                self._error(f"malformed AMI frame: no 'Key: value' in line {line[:60]!r}",
-                            frame_offset if not items else offset + len(text[:ls].encode()))
+                where = frame_offset if not items else offset + _line_offset(text, idx)
+                self._error(f"malformed AMI frame: no 'Key: value' in line {line[:60]!r}", where)
                 return
             # Only 5- and 8-letter keys can be Event/Response: skip lower() for the rest.
-            if (len(key) == 5 or len(key) == 8) and key.lower() in ("event", "response"):
+            if (len(key) == 5 or len(key) == 8) and key.lower() in _KIND_KEYS:
                 if kinds and items:  # glued frames (see module docstring)
                     out.append(Frame(items, "", frame_offset))
                     items = []
-                    frame_offset = offset + len(text[:ls].encode())
+                    append = items.append
+                    frame_offset = offset + _line_offset(text, idx)
                 kinds += 1
-            items.append((key, value[1:] if value.startswith(" ") else value))
+            append((key, value[1:] if value[:1] == " " else value))
         if items:
             out.append(Frame(items, "", frame_offset))
 
@@ -200,6 +201,11 @@ class AmiParser:
         if body_lines and body_lines[-1] == END_COMMAND.decode():
             body_lines.pop()
         out.append(Frame(items, "\n".join(body_lines), offset))
+
+
+def _line_offset(text: str, idx: int) -> int:
+    """Byte offset of line ``idx`` of ``text`` (only computed for errors and glued frames)."""
+    return len("\n".join(text.split("\n")[:idx]).encode()) + (1 if idx else 0)
 
 
 def parse_ami(data: bytes, *, expect_banner: bool = True) -> tuple[list[Frame], list[ProtocolError]]:
