@@ -74,7 +74,14 @@ class PbxCommandError(PbxError):
 
 
 class InventoryError(CcdrError):
-    """An inventory import or export was refused; nothing was written."""
+    """An inventory import or export was refused; nothing was written.
+
+    ``problems`` lists every problem as ``file:line: field: reason``.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message)
 
 
 class LoginRefused(CcdrError):

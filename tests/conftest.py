@@ -71,3 +71,57 @@ async def redis_client():  # type: ignore[no-untyped-def]
     async for k in r.scan_iter(match=f"{prefix}*"):
         await r.delete(k)
     await r.aclose()
+
+
+def _pg_admin_dsn() -> str:
+    return os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_db():  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database with the schema migrated (its DSN); dropped afterwards."""
+    import asyncio
+    import secrets
+
+    import asyncpg
+
+    from controlplane.inventory.migrate import migrate
+
+    name = f"ccdr_test_{secrets.token_hex(4)}"
+    dsn = _pg_admin_dsn().rsplit("/", 1)[0] + "/" + name
+
+    async def create() -> None:
+        admin = await asyncpg.connect(_pg_admin_dsn())
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        c = await asyncpg.connect(dsn)
+        try:
+            await migrate(c)
+        finally:
+            await c.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(_pg_admin_dsn())
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(create())
+    except (OSError, asyncpg.PostgresError) as exc:
+        need(False, f"PostgreSQL not reachable: {exc}")
+    yield dsn
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def pg(pg_db: str):  # type: ignore[no-untyped-def]
+    """A pool on the fresh database."""
+    import asyncpg
+
+    pool = await asyncpg.create_pool(pg_db, min_size=1, max_size=20)
+    yield pool
+    await pool.close()

@@ -12,9 +12,12 @@ import click
 
 from controlplane import __version__
 from controlplane.cli.config import config
+from controlplane.cli.db import db
 from controlplane.cli.events import events
 from controlplane.cli.events_live import record, tail
+from controlplane.cli.inventory import inventory
 from controlplane.cli.lab import lab
+from controlplane.cli.login import login
 
 
 @click.group()
@@ -31,3 +34,6 @@ cli.add_command(events)
 events.add_command(tail)
 events.add_command(record)
 cli.add_command(lab)
+cli.add_command(db)
+cli.add_command(inventory)
+cli.add_command(login)

@@ -1,0 +1,71 @@
+"""``ccdr login serve``: the unified login service of one site."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from urllib.parse import urlparse
+
+import asyncpg
+import click
+from redis.asyncio import Redis
+
+from controlplane.cli.common import topology_option
+from controlplane.inventory.directory import PgDirectory
+from controlplane.login.service import LoginService
+from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.base import PbxClient
+from controlplane.settings import load_topology
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+def login() -> None:
+    """The unified login service."""
+
+
+@login.command()
+@click.option("--site", "site_id", required=True, help="The site this service runs at.")
+@topology_option
+@click.option("--bind", default=None, help="host:port (default: from the site's login_url).")
+@click.option("--admin-token-env", default="CCDR_ADMIN_TOKEN", show_default=True,
+              help="Environment variable holding the admin token for /v1/sessions.")
+def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str) -> None:
+    """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
+    topo = load_topology(topology)
+    site = topo.site(site_id)
+    url = urlparse(site.login_url)
+    host, port = (bind.rsplit(":", 1)[0], int(bind.rsplit(":", 1)[1])) if bind else (url.hostname or "127.0.0.1",
+                                                                                      url.port or 80)
+    token = os.environ.get(admin_token_env, "")
+
+    async def run() -> None:
+        pool = await asyncpg.create_pool(topo.postgres_dsn, min_size=2, max_size=20)
+        redis = Redis.from_url(topo.redis_url)
+        pbx: dict[str, PbxClient] = {}
+        for s in topo.sites:
+            if s.ami is not None:
+                pbx[s.id] = AsteriskClient(s.id, s.ami, topo.timings)
+        for c in pbx.values():
+            try:
+                await c.start()
+            except Exception as exc:  # a site that is down at start is a normal state here
+                log.warning("%s", exc)
+        svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token)
+        await svc.serve(host, port)
+        click.echo(f"login service for site {site.id} on http://{host}:{port}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await svc.stop()
+        for c in pbx.values():
+            await c.close()
+        await redis.aclose()
+        await pool.close()
+
+    asyncio.run(run())

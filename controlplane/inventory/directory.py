@@ -1,0 +1,65 @@
+"""The login service's view of the inventory, in PostgreSQL (implements login.ports.Directory)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from controlplane.login.decide import AgentProfile, SwitchRule
+from controlplane.login.ports import AgentRecord, Line
+
+_ALLOCATE = """
+UPDATE virtual_agent_ids SET session_id = $1
+WHERE id = (SELECT id FROM virtual_agent_ids WHERE session_id IS NULL
+            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+
+
+class PgDirectory:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def agent(self, account: str) -> AgentRecord | None:
+        async with self.pool.acquire() as c:
+            row = await c.fetchrow("SELECT account, password_hash, system, home_region FROM agents"
+                                   " WHERE account = $1", account)
+            if row is None:
+                return None
+            skills = await c.fetch("SELECT skill_group, penalty FROM agent_skills WHERE account = $1"
+                                   " ORDER BY skill_group", account)
+        groups = tuple(r["skill_group"] for r in skills)
+        return AgentRecord(AgentProfile(row["account"], row["system"], row["home_region"], groups),
+                           row["password_hash"], tuple((r["skill_group"], r["penalty"]) for r in skills))
+
+    async def line(self, mac: str, site: str) -> Line | None:
+        row = await self.pool.fetchrow("SELECT extension, sip_username, sip_password FROM device_lines"
+                                       " WHERE mac = $1 AND site = $2", mac, site)
+        if row is None:
+            return None
+        return Line(site, row["extension"], row["sip_username"], row["sip_password"])
+
+    async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
+        rows = await self.pool.fetch("SELECT skill_group, queue FROM skill_group_queues"
+                                     " WHERE site = $1 AND skill_group = ANY($2::text[])", site, list(skill_groups))
+        return {r["skill_group"]: r["queue"] for r in rows}
+
+    async def rules(self) -> list[SwitchRule]:
+        rows = await self.pool.fetch("SELECT id, scope, value, from_site, to_site, enabled"
+                                     " FROM planned_switch_rules ORDER BY id")
+        return [SwitchRule(r["scope"], r["value"], r["from_site"], r["to_site"], r["enabled"], r["id"])
+                for r in rows]
+
+    async def allocate_vaid(self, session_id: str) -> int | None:
+        """Atomic: SKIP LOCKED hands concurrent callers different rows, and the UNIQUE
+        session_id column makes a double allocation impossible even if that changed."""
+        for _ in range(3):  # SKIP LOCKED may pass over rows other callers hold for a moment
+            vid = await self.pool.fetchval(_ALLOCATE, session_id)
+            if vid is not None:
+                return int(vid)
+            if not await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM virtual_agent_ids"
+                                            " WHERE session_id IS NULL)"):
+                return None
+        return None
+
+    async def release_vaid(self, session_id: str) -> None:
+        await self.pool.execute("UPDATE virtual_agent_ids SET session_id = NULL WHERE session_id = $1", session_id)

@@ -1,0 +1,128 @@
+"""Inventory schema, import/export and the virtual agent ID pool, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from controlplane.cli.main import cli
+from controlplane.errors import InventoryError
+from controlplane.inventory.directory import PgDirectory
+from controlplane.inventory.importer import export, import_files
+from controlplane.inventory.migrate import migrate
+from controlplane.inventory.records import normalize_mac
+
+INV = Path(__file__).parent / "fixtures" / "inventory"
+GOOD = [INV / "base.yaml", INV / "agents.csv", INV / "devices.csv"]
+TABLES = ("regions", "sites", "systems", "skill_groups", "skill_group_queues", "agents", "agent_skills",
+          "devices", "device_lines", "virtual_agent_ids", "planned_switch_rules")
+
+
+async def counts(pool: Any) -> dict[str, int]:
+    return {t: await pool.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
+
+
+async def test_migrate_is_idempotent_and_concurrent_safe(pg: Any) -> None:
+    async with pg.acquire() as a, pg.acquire() as b:
+        assert await asyncio.gather(migrate(a), migrate(b)) == [[], []]
+    assert await pg.fetchval("SELECT count(*) FROM schema_migrations") == 1
+
+
+@pytest.mark.parametrize("raw", ["00:11:22:AA:BB:CC", "00-11-22-aa-bb-cc", "0011.22aa.bbcc", "001122AABBCC",
+                                 "00 11 22 aa bb cc"])
+def test_mac_forms(raw: str) -> None:
+    assert normalize_mac(raw) == "001122aabbcc"
+
+
+async def test_import_good_files_and_directory_reads(pg: Any) -> None:
+    async with pg.acquire() as c:
+        s = await import_files(c, GOOD)
+    assert s.counts["agents"] == 2 and s.counts["lines"] == 4 and s.counts["virtual agent IDs"] == 2000
+    d = PgDirectory(pg)
+    alice = await d.agent("alice")
+    assert alice is not None and alice.profile.system == "cards"
+    assert alice.skill_penalties == (("sales", 0), ("vip", 2))
+    assert alice.password_hash.startswith("$argon2id$")
+    line = await d.line("001122aabb02", "b")  # stored in one canonical form
+    assert line is not None and (line.extension, line.sip_password) == ("3002", "secret-b2")
+    assert await d.queues(("sales", "vip"), "b") == {"sales": "sales", "vip": "vip-b"}
+    rules = await d.rules()
+    assert [(r.scope, r.value, r.from_site, r.to_site, r.enabled) for r in rules] == [
+        ("skill_group", "vip", "a", "b", False)]
+
+
+async def test_import_with_errors_on_many_lines_reports_each_and_changes_nothing(pg: Any) -> None:
+    async with pg.acquire() as c:
+        await import_files(c, GOOD)
+    before = await counts(pg)
+    with pytest.raises(InventoryError) as ei:
+        async with pg.acquire() as c:
+            await import_files(c, [INV / "bad.yaml"])
+    probs = ei.value.problems
+    bad = str(INV / "bad.yaml")
+    expected = [
+        f"{bad}:2: account: must be letters, digits, . _ @ -, got 'eve;x'",
+        f"{bad}:3: system: unknown system 'nosuch'",
+        f"{bad}:4: password: give exactly one of password, password_hash",
+        f"{bad}:4: home_region: unknown region 'mars'",
+        f"{bad}:5: account: agent 'alice' already exists",
+        f"{bad}:7: mac: not a MAC address: '00:11:22:AA:BB:ZZ'",
+        f"{bad}:10: mac: device 001122aabb01 already exists",
+        f"{bad}:14: id: must be letters, digits, . _ -, got 'q${{EVIL}}'",
+        f"{bad}:15: queues.z: unknown site 'z'",
+    ]
+    for e in expected:
+        assert e in probs, (e, probs)
+    assert any(p.startswith(f"{bad}:") and "extension: must be letters" in p for p in probs), probs
+    assert await counts(pg) == before
+
+
+async def test_duplicates_within_files_refused(pg: Any, tmp_path: Path) -> None:
+    f = tmp_path / "agents.csv"
+    f.write_text("account,password,system,home_region,skills\nzed,p,cards,east,\nzed,q,cards,east,\n")
+    async with pg.acquire() as c:
+        await import_files(c, [INV / "base.yaml"])
+        with pytest.raises(InventoryError) as ei:
+            await import_files(c, [f])
+    assert ei.value.problems == [f"{f}:3: account: duplicate agent 'zed' (first at {f}:2)"]
+
+
+async def test_export_round_trips(pg: Any, tmp_path: Path) -> None:
+    async with pg.acquire() as c:
+        await import_files(c, GOOD)
+        first = await export(c)
+        await c.execute("TRUNCATE regions, sites, systems, skill_groups, skill_group_queues, agents, agent_skills,"
+                        " devices, device_lines, virtual_agent_ids, planned_switch_rules CASCADE")
+        f = tmp_path / "export.yaml"
+        f.write_text(yaml.safe_dump(first))
+        await import_files(c, [f])
+        assert await export(c) == first
+
+
+async def test_concurrent_vaid_allocation_never_duplicates(pg: Any) -> None:
+    async with pg.acquire() as c:
+        await import_files(c, [INV / "base.yaml"])  # 2,000 IDs
+    d = PgDirectory(pg)
+    got = await asyncio.gather(*(d.allocate_vaid(f"s{i}") for i in range(1000)))
+    assert None not in got and len(set(got)) == 1000
+    await asyncio.gather(*(d.release_vaid(f"s{i}") for i in range(0, 1000, 2)))
+    again = await asyncio.gather(*(d.allocate_vaid(f"t{i}") for i in range(1500)))
+    held = [v for v in again if v is not None]
+    assert len(held) == 1500 and len(set(held) | {got[i] for i in range(1, 1000, 2)}) == 2000
+    assert await d.allocate_vaid("one-too-many") is None  # exhausted: a clear None, not a duplicate
+
+
+def test_cli_import_reports_problems_and_exit_code(pg_db: str) -> None:
+    r = CliRunner().invoke(cli, ["inventory", "import", "--dsn", pg_db, str(INV / "bad.yaml")])
+    assert r.exit_code == 1
+    assert "nothing was imported" in r.output and "bad.yaml:2: account:" in r.output
+    r = CliRunner().invoke(cli, ["inventory", "import", "--dsn", pg_db, *map(str, GOOD)])
+    assert r.exit_code == 0 and "2 agents" in r.output
+    r = CliRunner().invoke(cli, ["inventory", "export", "--dsn", pg_db])
+    doc = yaml.safe_load(r.output)
+    assert [a["account"] for a in doc["agents"]] == ["alice", "bob"]
