@@ -125,6 +125,24 @@ async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_time
         await c.close()
 
 
+async def test_slow_action_does_not_make_a_healthy_pbx_look_dead(fake: FakeAmi) -> None:
+    """AMI answers a session's actions in order; PJSIPShowContacts took 2.4 s for 1,000
+    contacts on Asterisk 22. Liveness Pings go on their own session, so they are not
+    stuck behind it."""
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        fake.slow["pjsipshowcontacts"] = 10 * FAST.probe_timeout_s
+        assert await c.contacts() == []
+        assert c.state is LinkState.UP and c.reconnects == 0
+        with pytest.raises(TimeoutError):
+            await next_event(events, EventKind.PBX_DOWN, within=0.1)
+    finally:
+        await events.aclose()
+        await c.close()
+
+
 # 3. a bad password retries forever in silence ---------------------------------------------
 
 async def test_defect3_bad_password_is_a_distinct_state_not_a_retry_loop(fake: FakeAmi) -> None:
@@ -138,6 +156,7 @@ async def test_defect3_bad_password_is_a_distinct_state_not_a_retry_loop(fake: F
     assert "wrong" not in repr(c) and "wrong" not in str(ev.data)
     await asyncio.sleep(10 * FAST.reconnect.initial_s)  # several backoff periods
     assert fake.connections == 1, "retried a refused login"
+    assert len(fake.actions("Login")) == 1
     await events.aclose()
     await c.close()
 
@@ -240,7 +259,7 @@ async def test_defect6_fixed_failing_subscriber_does_not_touch_the_link(fake: Fa
         assert ev.data == {"device": "PJSIP/1001", "state": "INUSE"}
         with pytest.raises(RuntimeError):
             await bad
-        assert c.state is LinkState.UP and fake.connections == 1
+        assert c.state is LinkState.UP and fake.connections == 2  # command + probe sessions
         assert await c.ping() >= 0
     finally:
         await good.aclose()
@@ -325,7 +344,7 @@ async def test_reconnect_rereads_state_so_picture_equals_pbx(fake: FakeAmi) -> N
             await asyncio.sleep(0.02)
         assert {q: set(m) for q, m in c.members.items()} == {"sales": {"PJSIP/2"}, "vip": {"PJSIP/3"}}
         assert set(c.registered) == {"1002"}
-        assert len(fake.actions("Login")) == 2
+        assert len(fake.actions("Login")) == 4  # two sessions, twice
     finally:
         await events.aclose()
         await c.close()

@@ -29,6 +29,7 @@ class FakeAmi:
     frozen: bool = False
     reply_queue_add: bool = True  # False: swallow QueueAdd (to test in-flight loss)
     close_on: str | None = None  # close the connection when this action arrives
+    slow: dict[str, float] = field(default_factory=dict)  # action -> seconds the session is busy
     members: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
     contacts: dict[str, str] = field(default_factory=dict)  # endpoint -> uri
     received: list[Frame] = field(default_factory=list)
@@ -94,6 +95,11 @@ class FakeAmi:
                     if self.close_on and name == self.close_on.lower():
                         writer.close()
                         return
+                    # Like Asterisk, a session handles its actions in order: a slow one
+                    # holds up everything behind it on that session.
+                    delay = self.slow.get(name, 0.0)
+                    if delay:
+                        await asyncio.sleep(delay)
                     out = self._answer(f, name, authed)
                     if name == "login" and out and out[0][0][1] == "Success":
                         authed = True

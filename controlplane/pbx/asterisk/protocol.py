@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
     factory: Any
     version: str | None
     closed: bool
+    last_rx: float  # monotonic time of the last bytes received
 
     def __init__(self, on_event: Callable[[Frame], None], on_lost: Callable[[Exception | None], None],
                  on_bad_frame: Callable[[ProtocolError], None], tap: Callable[[bytes], None] | None = None) -> None:
@@ -56,6 +58,7 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.last_rx = time.monotonic()
         self.factory = _Factory()
 
     def send(self, data: actions.Action, as_list: bool = False) -> asyncio.Future[Any]:
@@ -74,6 +77,7 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
         return fut
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
         if self._tap is not None:
             self._tap(data)
         responses = self.responses
