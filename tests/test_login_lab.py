@@ -18,7 +18,7 @@ from controlplane.inventory.directory import PgDirectory
 from controlplane.inventory.importer import IMPORT_HASHER, import_files
 from controlplane.login.service import LoginService
 from controlplane.pbx.asterisk import AsteriskClient
-from controlplane.pbx.base import LinkState, PbxClient
+from controlplane.pbx.base import EventKind, LinkState, PbxClient
 from controlplane.settings import Topology
 from lab import manager
 from lab.layout import FIRST_EXTENSION, phone_password, site
@@ -159,14 +159,19 @@ async def test_planned_switch_rule_moves_exactly_one_skill_group(two_sites: TwoS
 
 async def test_local_pbx_frozen_logins_served_at_other_site(two_sites: TwoSites) -> None:
     svc_a = two_sites.services["a"]
+    sub = svc_a.pbx["a"].events()
     await asyncio.to_thread(manager.freeze, "a")
     try:
-        deadline = time.monotonic() + 5
-        while svc_a.pbx["a"].state is LinkState.UP and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        async def down() -> None:
+            async for ev in sub:
+                if ev.kind is EventKind.PBX_DOWN:
+                    return
+        await asyncio.wait_for(down(), 5)
+        assert svc_a.pbx["a"].state is not LinkState.UP
         async with aiohttp.ClientSession() as http:
             body = await _login(http, two_sites.url("a"), 6)
         assert body["site"] == "b" and body["reason"] == "local_pbx_down"
         assert body["registrar"]["host"] == site("b").address
     finally:
+        await sub.aclose()
         await asyncio.to_thread(manager.thaw, "a")
