@@ -57,9 +57,9 @@ async def redis_client():  # type: ignore[no-untyped-def]
     """A real Redis (127.0.0.1:6379) and a random key prefix; keys removed after."""
     import secrets
 
-    from redis.asyncio import Redis
+    from controlplane.runtime.stores import redis_from_url
 
-    r = Redis.from_url(os.environ.get("CCDR_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    r = redis_from_url(os.environ.get("CCDR_TEST_REDIS", "redis://127.0.0.1:6379/0"))
     try:
         await r.ping()
     except Exception as exc:

@@ -10,13 +10,13 @@ from urllib.parse import urlparse
 
 import asyncpg
 import click
-from redis.asyncio import Redis
 
 from controlplane.cli.common import topology_option
 from controlplane.inventory.directory import PgDirectory
 from controlplane.login.service import LoginService
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import PbxClient
+from controlplane.runtime.stores import redis_from_url
 from controlplane.settings import load_topology
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str) -
 
     async def run() -> None:
         pool = await asyncpg.create_pool(topo.postgres_dsn, min_size=2, max_size=20)
-        redis = Redis.from_url(topo.redis_url)
+        redis = redis_from_url(topo.redis_url)
         pbx: dict[str, PbxClient] = {}
         for s in topo.sites:
             if s.ami is not None:

@@ -102,6 +102,9 @@ class Timings:
     confirm_window_s: float = 2.0
     connect_timeout_s: float = 3.0
     command_timeout_s: float = 5.0
+    # Re-reading a big PBX after a reconnect (every queue member, every contact) takes
+    # seconds: PJSIPShowContacts needed 2.4 s for 1,000 contacts on an idle lab.
+    reconcile_timeout_s: float = 60.0
     max_in_flight: int = 16
     reconnect: Backoff = field(default_factory=Backoff)
 

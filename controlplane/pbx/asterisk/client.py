@@ -250,18 +250,20 @@ class AsteriskClient(PbxClient):
             raise PbxUnreachable(f"site {self.site}: no answer to Ping in {t.probe_timeout_s} s") from None
 
     async def _reconcile(self) -> None:
-        """Re-read what the PBX holds. An Error reply (a PBX without app_queue or
-        PJSIP) leaves that part of the picture empty; it does not drop the link."""
+        """Re-read what the PBX holds. A part that cannot be read (an Error reply from a
+        PBX without app_queue or PJSIP, or a list slower than reconcile_timeout_s) stays
+        as it was and is logged; it does not drop a link the probe session finds alive."""
+        t = self.timings.reconcile_timeout_s
         try:
             members: dict[str, dict[str, QueueMember]] = {}
-            for m in await self.queue_status():
+            for m in await self.queue_status(timeout_s=t):
                 members.setdefault(m.queue, {})[m.interface] = m
             self.members = members
-        except PbxCommandError as exc:
+        except (PbxCommandError, PbxUnreachable) as exc:
             log.warning("site %s: cannot re-read queue members: %s", self.site, exc)
         try:
-            self.registered = {c.endpoint: c for c in await self.contacts()}
-        except PbxCommandError as exc:
+            self.registered = {c.endpoint: c for c in await self.contacts(timeout_s=t)}
+        except (PbxCommandError, PbxUnreachable) as exc:
             log.warning("site %s: cannot re-read contacts: %s", self.site, exc)
 
     # --- events ----------------------------------------------------------------
@@ -318,7 +320,7 @@ class AsteriskClient(PbxClient):
             return await fut
 
     async def command(self, name: str, fields: list[tuple[str, str]] | None = None, *,
-                      as_list: bool = False) -> Any:
+                      as_list: bool = False, timeout_s: float | None = None) -> Any:
         """Send an action with bounded pipelining; raise PbxCommandError on an Error reply.
 
         An idempotent action that loses its link is tried once more after the
@@ -331,7 +333,7 @@ class AsteriskClient(PbxClient):
                 await self.wait_up(self.timings.command_timeout_s)
             async with self._sem:
                 try:
-                    res = await self._send(name, fields or [], as_list=as_list)
+                    res = await self._send(name, fields or [], as_list=as_list, timeout_s=timeout_s)
                 except LinkLost:
                     if name in IDEMPOTENT and attempt == 0:
                         self._up.clear()  # this link is gone even if the link task has not noticed yet
@@ -340,7 +342,7 @@ class AsteriskClient(PbxClient):
                     raise
                 except TimeoutError:
                     raise PbxUnreachable(f"site {self.site}: no answer to {name} in "
-                                         f"{self.timings.command_timeout_s} s") from None
+                                         f"{timeout_s or self.timings.command_timeout_s} s") from None
             first = res[0] if isinstance(res, list) else res
             if isinstance(first, Message) and first.get("Response", "").lower() in ("error", "failure", "fail"):
                 raise PbxCommandError(f"site {self.site}: {name}: {first.get('Message', 'error')}")
@@ -369,16 +371,17 @@ class AsteriskClient(PbxClient):
             fields.append(("Reason", reason))
         await self.command("QueuePause", fields, as_list=False)
 
-    async def queue_status(self, queue: str | None = None, member: str | None = None) -> list[QueueMember]:
+    async def queue_status(self, queue: str | None = None, member: str | None = None, *,
+                           timeout_s: float | None = None) -> list[QueueMember]:
         fields = [("Queue", queue)] if queue else []
         if member:
             fields.append(("Member", member))
-        msgs = await self.command("QueueStatus", fields, as_list=True)
+        msgs = await self.command("QueueStatus", fields, as_list=True, timeout_s=timeout_s)
         return [member_from(m.frame) for m in msgs if m.get("Event", "") == "QueueMember"]
 
-    async def contacts(self) -> list[Contact]:
+    async def contacts(self, *, timeout_s: float | None = None) -> list[Contact]:
         try:
-            msgs = await self.command("PJSIPShowContacts", as_list=True)
+            msgs = await self.command("PJSIPShowContacts", as_list=True, timeout_s=timeout_s)
         except PbxCommandError as exc:
             # Asterisk 22 answers an empty list with "Response: Error / No Contacts found".
             if "No Contacts found" in str(exc):
