@@ -78,8 +78,9 @@ async def two_sites(lab_topology: Topology, pg: Any, redis_client: Any, tmp_path
             await client.start()
             pbx[s.id] = client
             env.clients.append(client)
+        # No client heartbeats here (the agent client does that): sessions must outlive the test.
         svc = LoginService(sid, lab_topology, PgDirectory(pg), pbx, redis_client, "admin",
-                           prefix=redis_client.test_prefix)
+                           prefix=redis_client.test_prefix, session_ttl_s=600)
         await svc.start_loops()
         server = TestServer(svc.app)
         await server.start_server()
