@@ -107,9 +107,7 @@ def compute(
     return DigestResponse(resp, "Digest " + ", ".join(parts))
 
 
-def answer_challenge(
-    challenge_value: str, *, username: str, password: str, method: str, uri: str, nc: int = 1
-) -> str:
+def answer_challenge(challenge_value: str, *, username: str, password: str, method: str, uri: str, nc: int = 1) -> str:
     """Authorization header value answering a WWW-/Proxy-Authenticate challenge."""
     ch = parse_challenge(challenge_value)
     qop = None

@@ -137,9 +137,9 @@ class SipTransport(asyncio.DatagramProtocol):
 
     # -- asyncio.DatagramProtocol ---------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._udp = transport
-        self._sendto = transport.sendto
+        udp: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+        self._udp = udp
+        self._sendto = udp.sendto
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: the transaction's timer will report it.

@@ -134,8 +134,6 @@ class PhoneLine:
         return m
 
     async def _exchange(self, registrar: Addr, expires: int) -> SipMessage:
-        if self.gate is not None:
-            await self.gate()
         resp = await self.transport.request(self._register_request(registrar, expires, None), registrar)
         if resp.status in (401, 407):
             hdr = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
@@ -143,7 +141,10 @@ class PhoneLine:
             if challenge is None:
                 raise ProtocolError(f"{resp.status} without a {hdr} header")
             value = answer_challenge(
-                challenge, username=self.ext, password=self._password, method="REGISTER",
+                challenge,
+                username=self.ext,
+                password=self._password,
+                method="REGISTER",
                 uri=f"sip:{registrar[0]}:{registrar[1]}",
             )
             auth_hdr = "Authorization" if resp.status == 401 else "Proxy-Authorization"
@@ -160,6 +161,8 @@ class PhoneLine:
             self._cseq = 0
         self.registrar = registrar
         self.state = LineState.REGISTERING
+        if self.gate is not None:  # rate limit: latency counts from when we may send
+            await self.gate()
         started = self.transport.clock.time()
         try:
             resp = await self._exchange(registrar, expires)
@@ -170,9 +173,7 @@ class PhoneLine:
         latency = self.transport.clock.time() - started
         if resp.status != 200:
             self.state = LineState.FAILED
-            return self._emit(
-                LineEventKind.REGISTRATION_FAILED, registrar, f"{resp.status} {resp.reason}", latency
-            )
+            return self._emit(LineEventKind.REGISTRATION_FAILED, registrar, f"{resp.status} {resp.reason}", latency)
         self.expires = self._granted(resp, expires)
         self.state = LineState.REGISTERED
         self._schedule_refresh()
@@ -215,6 +216,8 @@ class PhoneLine:
         registrar = self.registrar
         if registrar is None:
             raise ProtocolError(f"line {self.ext} was never registered")
+        if self.gate is not None:
+            await self.gate()
         try:
             resp = await self._exchange(registrar, 0)
             detail = f"{resp.status} {resp.reason}"
@@ -301,5 +304,3 @@ def minimal_sdp(host: str) -> str:
         f"v=0\r\no=- {sid} {sid} IN IP4 {host}\r\ns=ccdr\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
         "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
     )
-
-

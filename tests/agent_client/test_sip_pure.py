@@ -80,12 +80,19 @@ def test_uri_user() -> None:
 def test_digest_rfc2617_example() -> None:
     # RFC 2617 §3.5: Mufasa / "Circle Of Life", expected response 6629fae4...
     r = compute(
-        username="Mufasa", password="Circle Of Life", realm="testrealm@host.com",
-        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", method="GET", uri="/dir/index.html",
-        qop="auth", nc=1, cnonce="0a4f113b", opaque="5ccc069c403ebaf9f0171e9517f40e41",
+        username="Mufasa",
+        password="Circle Of Life",
+        realm="testrealm@host.com",
+        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        method="GET",
+        uri="/dir/index.html",
+        qop="auth",
+        nc=1,
+        cnonce="0a4f113b",
+        opaque="5ccc069c403ebaf9f0171e9517f40e41",
     )
     assert r.response == "6629fae49393a05397450978507c4ef1"
-    assert 'nc=00000001' in r.header and 'cnonce="0a4f113b"' in r.header
+    assert "nc=00000001" in r.header and 'cnonce="0a4f113b"' in r.header
 
 
 def test_digest_no_qop_rfc2069() -> None:
@@ -95,8 +102,13 @@ def test_digest_no_qop_rfc2069() -> None:
     ha1 = hashlib.md5(b"Mufasa:testrealm@host.com:Circle Of Life").hexdigest()
     ha2 = hashlib.md5(b"REGISTER:sip:h").hexdigest()
     want = hashlib.md5(f"{ha1}:n1:{ha2}".encode()).hexdigest()
-    hdr = answer_challenge('Digest realm="testrealm@host.com", nonce="n1"', username="Mufasa",
-                           password="Circle Of Life", method="REGISTER", uri="sip:h")
+    hdr = answer_challenge(
+        'Digest realm="testrealm@host.com", nonce="n1"',
+        username="Mufasa",
+        password="Circle Of Life",
+        method="REGISTER",
+        uri="sip:h",
+    )
     assert f'response="{want}"' in hdr and "qop" not in hdr
 
 
@@ -196,8 +208,17 @@ class FakeRegistrar:
             r.add("WWW-Authenticate", 'Digest realm="asterisk",nonce="n1",opaque="o",algorithm=MD5,qop="auth"')
         else:
             ch = parse_challenge(auth)
-            good = compute(username=ch["username"], password=self.password, realm="asterisk", nonce="n1",
-                           method="REGISTER", uri=ch["uri"], qop="auth", nc=1, cnonce=ch["cnonce"])
+            good = compute(
+                username=ch["username"],
+                password=self.password,
+                realm="asterisk",
+                nonce="n1",
+                method="REGISTER",
+                uri=ch["uri"],
+                qop="auth",
+                nc=1,
+                cnonce=ch["cnonce"],
+            )
             if good.response == ch["response"]:
                 r = response_to(req, 200, "OK", "t1")
                 r.add("Contact", f"{req.get('Contact')};expires={req.get('Expires')}")
@@ -239,8 +260,13 @@ async def test_ua_answers_options_and_invite() -> None:
     t.datagram_received(opt.encode(), ("10.77.0.11", 5060))
     assert out[-1].status == 200 and out[-1].cseq == (1, "OPTIONS")
     inv = SipMessage(method="INVITE", uri="sip:1001@10.77.0.1:5070")
-    for k, v in [("Via", "SIP/2.0/UDP 10.77.0.11;branch=z9hG4bKi"), ("From", "<sip:a@b>;tag=f"),
-                 ("To", "<sip:1001@b>"), ("Call-ID", "inv1"), ("CSeq", "1 INVITE")]:
+    for k, v in [
+        ("Via", "SIP/2.0/UDP 10.77.0.11;branch=z9hG4bKi"),
+        ("From", "<sip:a@b>;tag=f"),
+        ("To", "<sip:1001@b>"),
+        ("Call-ID", "inv1"),
+        ("CSeq", "1 INVITE"),
+    ]:
         inv.add(k, v)
     t.datagram_received(inv.encode(), ("10.77.0.11", 5060))
     assert [m.status for m in out[1:]] == [100, 180, 200]
