@@ -11,8 +11,10 @@ so tests drive time by hand instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -125,6 +127,12 @@ class SipTransport(asyncio.DatagramProtocol):
         """Bind the socket. ``advertise`` is the address put in Via/Contact (needed if ``host`` is 0.0.0.0)."""
         loop = asyncio.get_running_loop()
         udp, proto = await loop.create_datagram_endpoint(lambda: cls(timers=timers), local_addr=(host, port))
+        sock = udp.get_extra_info("socket")
+        if sock is not None:
+            # Thousands of lines share this socket: a registrar answering a burst must not
+            # overflow the default ~200 KB receive buffer (drops become retransmissions).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         sock_host, sock_port = udp.get_extra_info("sockname")[:2]
         proto.local_addr = (advertise or sock_host, sock_port)
         return proto

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from controlplane.errors import ProtocolError
 
-from .digest import answer_challenge
+from .digest import answer_challenge, parse_challenge
 from .message import SipMessage, param
 from .transport import Addr, SipTimeout, SipTransport, TimerHandle, new_branch, new_tag, response_to
 
@@ -135,11 +135,17 @@ class PhoneLine:
 
     async def _exchange(self, registrar: Addr, expires: int) -> SipMessage:
         resp = await self.transport.request(self._register_request(registrar, expires, None), registrar)
-        if resp.status in (401, 407):
+        # A second challenge is final (wrong password) unless it says the nonce went stale,
+        # which a registrar slowed by a storm does: then answer the fresh nonce once more.
+        for attempt in range(2):
+            if resp.status not in (401, 407):
+                break
             hdr = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
             challenge = resp.get(hdr)
             if challenge is None:
                 raise ProtocolError(f"{resp.status} without a {hdr} header")
+            if attempt > 0 and parse_challenge(challenge).get("stale", "").lower() != "true":
+                break
             value = answer_challenge(
                 challenge,
                 username=self.ext,

@@ -280,3 +280,36 @@ async def test_ua_answers_options_and_invite() -> None:
     bye = parse(inv.encode().replace(b"INVITE sip", b"BYE sip").replace(b"1 INVITE", b"2 BYE"))
     t.datagram_received(bye.encode(), ("10.77.0.11", 5060))
     assert out[-1].status == 200 and out[-1].cseq == (2, "BYE")
+
+
+def test_token_bucket_spaces_reservations_after_burst() -> None:
+    from agent_client.sip.fleet import TokenBucket
+
+    now = [100.0]
+    b = TokenBucket(rate=1000, burst=5, time=lambda: now[0])
+    waits = [b.reserve() for _ in range(8)]
+    # an idle bucket lets a burst through, then spaces callers 1/rate apart
+    assert waits == pytest.approx([0.0] * 5 + [0.001, 0.002, 0.003], abs=1e-9)
+    now[0] += 10  # idle again: the burst is back, not 10,000 saved tokens
+    assert [b.reserve() for _ in range(6)][-1] == pytest.approx(0.001)
+
+
+async def test_stale_nonce_is_answered_again_but_wrong_password_is_not() -> None:
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    answers: list[str] = []
+
+    def registrar(data: bytes, addr: tuple[str, int]) -> None:
+        req = parse(data)
+        n = req.cseq[0]
+        r = response_to(req, 401, "Unauthorized", "t")
+        stale = ",stale=true" if n == 2 else ""
+        r.add("WWW-Authenticate", f'Digest realm="asterisk",nonce="n{n}",qop="auth"{stale}')
+        if n == 3:
+            r = response_to(req, 200, "OK", "t")
+        answers.append(str(r.status))
+        asyncio.get_running_loop().call_soon(t.datagram_received, r.encode(), addr)
+
+    t._sendto = registrar
+    ev = await PhoneLine(t, "1001", "p").register(("h", 5060))
+    assert ev.kind is LineEventKind.REGISTERED and answers == ["401", "401", "200"]
