@@ -62,13 +62,16 @@ def run_sipp(n: int, b: tuple[str, int], rate: float) -> None:
         print("sipp not installed (apt-get install sip-tester): skipping raw-limit variant")
         return
     scen = (ROOT / "lab/sipp/register.xml").read_text()
-    scen = scen.replace("[service]", "[field0]").replace(
-        "[authentication]", "[authentication username=[field0] password=[field1]]"
-    )
+    # SIPp 3.6 does not expand [field0] inside [authentication ...]; it does expand a
+    # whole "[authentication username=.. password=..]" keyword held in a CSV field.
+    scen = scen.replace("[service]", "[field0]").replace("[authentication]", "[field1]")
     with tempfile.TemporaryDirectory() as d:
         sf, inf = Path(d) / "reg.xml", Path(d) / "phones.csv"
         sf.write_text(scen)
-        inf.write_text("SEQUENTIAL\n" + "".join(f"{e};lab-{e}\n" for e in range(1001, 1001 + n)))
+        inf.write_text(
+            "SEQUENTIAL\n"
+            + "".join(f"{e};[authentication username={e} password=lab-{e}]\n" for e in range(1001, 1001 + n))
+        )
         cmd = [
             sipp, f"{b[0]}:{b[1]}", "-sf", str(sf), "-inf", str(inf), "-key", "expires", "600",
             "-i", BRIDGE, "-p", "0", "-m", str(n), "-r", str(int(rate)), "-l", "2000",
