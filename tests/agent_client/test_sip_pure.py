@@ -313,3 +313,25 @@ async def test_stale_nonce_is_answered_again_but_wrong_password_is_not() -> None
     t._sendto = registrar
     ev = await PhoneLine(t, "1001", "p").register(("h", 5060))
     assert ev.kind is LineEventKind.REGISTERED and answers == ["401", "401", "200"]
+
+
+async def test_fleet_registers_and_moves_through_the_rate_limit() -> None:
+    from agent_client.sip.fleet import FleetSettings, PhoneFleet
+
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    reg = FakeRegistrar(t, "pw")
+    t._sendto = reg
+    exts = [str(2000 + i) for i in range(30)]
+    fleet = PhoneFleet(t, exts, lambda e: "pw" if e != "2007" else "bad", FleetSettings(register_rate=10_000, burst=5))
+    rep = await fleet.register_all(("10.77.0.11", 5060))
+    assert (rep.phones, rep.registered, rep.failures) == (30, 29, 1)
+    assert rep.failure_details == ["2007: 403 Forbidden"]
+    assert {m.uri for m in reg.seen} == {"sip:10.77.0.11:5060"}
+    reg.seen.clear()
+    rep = await fleet.re_register_all(("10.77.0.12", 5060))
+    assert rep.registered == 29 and {m.uri for m in reg.seen} == {"sip:10.77.0.12:5060"}
+    # a move opens a new registration (new Call-ID) at the new registrar
+    assert fleet.lines[0].registrar == ("10.77.0.12", 5060)
+    assert "registered" in rep.summary() and "failures 1" in rep.summary()
+    fleet.close()
