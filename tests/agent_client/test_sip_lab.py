@@ -12,6 +12,7 @@ from agent_client.sip.fleet import FleetSettings, PhoneFleet
 from agent_client.sip.transport import SipTransport
 from agent_client.sip.ua import LineEventKind, PhoneLine
 from lab.ami_probe import AmiProbe
+from tests.conftest import need
 
 pytestmark = pytest.mark.lab
 
@@ -133,8 +134,12 @@ async def test_fleet_of_200_registers_at_a_then_moves_to_b(lab_topology: Any) ->
     )
     try:
         rep = await asyncio.wait_for(fleet.register_all((a.sip.host, a.sip.port)), 60)
-        if rep.failures and all("404" in d or "403" in d or "401" in d for d in rep.failure_details):
-            pytest.fail(f"lab has fewer than 200 phones? run `ccdr lab up --phones 10000`: {rep.failure_details[:3]}")
+        # The lab's default is 20 phones; this test needs `ccdr lab up --phones 200` (or more).
+        # need() skips locally and fails in CI, so CI cannot pass by skipping.
+        need(
+            not (rep.failures and all(d.endswith("401 Unauthorized") for d in rep.failure_details)),
+            f"the lab has fewer than 200 phones (run `ccdr lab up --phones 10000`): {rep.failure_details[:2]}",
+        )
         assert rep.registered == 200 and rep.failures == 0, rep
         at_a = contacts(a)
         port = fleet.transport.local_addr[1]
@@ -143,6 +148,6 @@ async def test_fleet_of_200_registers_at_a_then_moves_to_b(lab_topology: Any) ->
         assert rep.registered == 200 and rep.failures == 0, rep
         at_b = contacts(b)
         assert all(f"{BRIDGE}:{port}" in at_b.get(e, "") for e in exts)
-        await asyncio.wait_for(fleet.unregister_all(), 60)
     finally:
+        await asyncio.wait_for(fleet.unregister_all(), 60)  # leave no contacts behind in the shared lab
         fleet.close()
