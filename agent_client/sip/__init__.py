@@ -1,0 +1,1 @@
+"""A minimal SIP/UDP user agent stack: message, digest, transport, ua, fleet."""

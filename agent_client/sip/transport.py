@@ -1,0 +1,281 @@
+"""One asyncio UDP socket shared by many SIP user agents.
+
+10,000 phone lines share a single socket: responses are matched to their client
+transaction by the top Via branch, incoming requests are handed to the line whose
+user part is in the request-URI. Retransmission follows RFC 3261 §17.1.2 (non-INVITE
+client transaction: Timer E from T1 doubling up to T2, Timer F = 64*T1); the timer
+values are data (:class:`SipTimers`) and every timer goes through a :class:`Clock`,
+so tests drive time by hand instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controlplane.errors import PbxUnreachable, ProtocolError
+
+from .message import SipMessage, parse, uri_user
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SipTimers:
+    """RFC 3261 §17 timer values, in seconds."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    #: Timer F / Timer B: give up on a transaction after this long (64*T1 by default).
+    timeout: float = 32.0
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the stack needs of time: asyncio's loop satisfies it, tests pass a fake."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+
+class LoopClock:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
+        return self._loop.call_later(delay, callback)
+
+
+class SipTimeout(PbxUnreachable):
+    """No final response before Timer F fired."""
+
+
+def new_branch() -> str:
+    return "z9hG4bK" + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+RequestHandler = Callable[[SipMessage, Addr], None]
+
+
+@dataclass
+class _ClientTx:
+    data: bytes
+    addr: Addr
+    future: asyncio.Future[SipMessage]
+    interval: float
+    on_provisional: Callable[[SipMessage], None] | None = None
+    retransmit: TimerHandle | None = None
+    give_up: TimerHandle | None = None
+    sent: int = 1
+
+
+@dataclass
+class TransportStats:
+    sent: int = 0
+    received: int = 0
+    retransmissions: int = 0
+    malformed: int = 0
+    unmatched: int = 0
+    timeouts: int = 0
+    last_error: str = ""
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class SipTransport(asyncio.DatagramProtocol):
+    """The shared socket. Create with :meth:`open`, or construct with a fake ``sendto`` in tests."""
+
+    def __init__(
+        self,
+        *,
+        timers: SipTimers | None = None,
+        clock: Clock | None = None,
+        sendto: Callable[[bytes, Addr], None] | None = None,
+        local_addr: Addr = ("0.0.0.0", 0),
+    ) -> None:
+        self.timers = timers or SipTimers()
+        self._clock = clock
+        self._sendto = sendto
+        self.local_addr = local_addr
+        self._tx: dict[str, _ClientTx] = {}
+        self._users: dict[str, RequestHandler] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self.stats = TransportStats()
+
+    @classmethod
+    async def open(
+        cls, host: str = "0.0.0.0", port: int = 0, *, timers: SipTimers | None = None, advertise: str | None = None
+    ) -> SipTransport:
+        """Bind the socket. ``advertise`` is the address put in Via/Contact (needed if ``host`` is 0.0.0.0)."""
+        loop = asyncio.get_running_loop()
+        udp, proto = await loop.create_datagram_endpoint(lambda: cls(timers=timers), local_addr=(host, port))
+        sock = udp.get_extra_info("socket")
+        if sock is not None:
+            # Thousands of lines share this socket: a registrar answering a burst must not
+            # overflow the default ~200 KB receive buffer (drops become retransmissions).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock_host, sock_port = udp.get_extra_info("sockname")[:2]
+        proto.local_addr = (advertise or sock_host, sock_port)
+        return proto
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = LoopClock()
+        return self._clock
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        udp: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+        self._udp = udp
+        self._sendto = udp.sendto
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and the like: the transaction's timer will report it.
+        self.stats.last_error = type(exc).__name__
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        src: Addr = (str(addr[0]), int(addr[1]))
+        self.stats.received += 1
+        if not data.strip():  # RFC 5626 keep-alive CRLF
+            return
+        try:
+            msg = parse(data)
+        except ProtocolError as e:
+            self.stats.malformed += 1
+            log.debug("dropped malformed SIP datagram from %s: %s", src, e)
+            return
+        if msg.is_request:
+            self._dispatch_request(msg, src)
+        else:
+            self._dispatch_response(msg)
+
+    def close(self) -> None:
+        for tx in list(self._tx.values()):
+            self._finish(tx)
+            if not tx.future.done():
+                tx.future.cancel()
+        self._tx.clear()
+        if self._udp is not None:
+            self._udp.close()
+
+    # -- users ------------------------------------------------------------------
+    def bind_user(self, user: str, handler: RequestHandler) -> None:
+        self._users[user] = handler
+
+    def unbind_user(self, user: str) -> None:
+        self._users.pop(user, None)
+
+    def _dispatch_request(self, msg: SipMessage, src: Addr) -> None:
+        handler = self._users.get(uri_user(msg.uri or ""))
+        if handler is None:
+            self.stats.unmatched += 1
+            if msg.method != "ACK":
+                self.send(response_to(msg, 404, "Not Found"), src)
+            return
+        handler(msg, src)
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, msg: SipMessage | bytes, addr: Addr) -> None:
+        if self._sendto is None:
+            raise RuntimeError("transport is not open")
+        self.stats.sent += 1
+        self._sendto(msg if isinstance(msg, bytes) else msg.encode(), addr)
+
+    def request(
+        self, msg: SipMessage, addr: Addr, on_provisional: Callable[[SipMessage], None] | None = None
+    ) -> asyncio.Future[SipMessage]:
+        """Start a non-INVITE client transaction; the future gets the final response or :class:`SipTimeout`."""
+        branch = msg.top_branch
+        if not branch:
+            raise ValueError("request needs a Via with a branch")
+        fut: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
+        tx = _ClientTx(msg.encode(), addr, fut, self.timers.t1, on_provisional)
+        self._tx[branch] = tx
+        self.send(tx.data, addr)
+        tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
+        tx.give_up = self.clock.call_later(self.timers.timeout, lambda: self._timeout(branch, msg.method or ""))
+        return fut
+
+    def _retransmit(self, branch: str) -> None:
+        tx = self._tx.get(branch)
+        if tx is None:
+            return
+        self.stats.retransmissions += 1
+        tx.sent += 1
+        self.send(tx.data, tx.addr)
+        tx.interval = min(tx.interval * 2, self.timers.t2)
+        tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
+
+    def _timeout(self, branch: str, method: str) -> None:
+        tx = self._tx.pop(branch, None)
+        if tx is None:
+            return
+        self._finish(tx)
+        self.stats.timeouts += 1
+        if not tx.future.done():
+            tx.future.set_exception(
+                SipTimeout(f"no final response to {method} from {tx.addr[0]}:{tx.addr[1]} in {self.timers.timeout} s")
+            )
+
+    @staticmethod
+    def _finish(tx: _ClientTx) -> None:
+        for h in (tx.retransmit, tx.give_up):
+            if h is not None:
+                h.cancel()
+
+    def _dispatch_response(self, msg: SipMessage) -> None:
+        tx = self._tx.get(msg.top_branch)
+        if tx is None:
+            self.stats.unmatched += 1  # late retransmission of a final response
+            return
+        assert msg.status is not None
+        self.stats.by_status[msg.status] = self.stats.by_status.get(msg.status, 0) + 1
+        if msg.status < 200:
+            # Proceeding: keep retransmitting, but at T2 (RFC 3261 §17.1.2.2).
+            tx.interval = self.timers.t2
+            if tx.on_provisional is not None:
+                tx.on_provisional(msg)
+            return
+        del self._tx[msg.top_branch]
+        self._finish(tx)
+        if not tx.future.done():
+            tx.future.set_result(msg)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tx)
+
+
+def response_to(req: SipMessage, status: int, reason: str, to_tag: str | None = None) -> SipMessage:
+    """A response copying Via/From/To/Call-ID/CSeq from ``req`` (RFC 3261 §8.2.6.2)."""
+    resp = SipMessage(status=status, reason=reason)
+    for v in req.getall("Via"):
+        resp.add("Via", v)
+    resp.add("From", req.get("From") or "")
+    to = req.get("To") or ""
+    if to_tag and ";tag=" not in to:
+        to = f"{to};tag={to_tag}"
+    resp.add("To", to)
+    resp.add("Call-ID", req.call_id)
+    resp.add("CSeq", req.get("CSeq") or "")
+    return resp
