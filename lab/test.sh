@@ -3,7 +3,8 @@
 # Brings the lab up first (idempotent); leaves it up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash lab/bootstrap.sh
+# 1,000 lab phones per site: the login and fleet lab tests register that many.
+bash lab/bootstrap.sh --phones 1000
 export CCDR_REQUIRE_LAB=1
 .venv/bin/ruff check .
 .venv/bin/mypy
