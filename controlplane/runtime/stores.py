@@ -14,4 +14,5 @@ def redis_from_url(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Re
     MaxConnectionsError for the 101st concurrent command: 1,000 concurrent logins
     failed that way. A blocking pool queues them instead.
     """
-    return Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30))
+    # from_pool: the client owns the pool, so aclose() closes its connections too.
+    return Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30))

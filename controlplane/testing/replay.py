@@ -54,6 +54,12 @@ class AmiReplay:
         self.frames = frames
         self.used: set[int] = set()
 
+    def fresh(self) -> AmiReplay:
+        """The same trace for another connection (ccdr's adapter opens two sessions)."""
+        twin = AmiReplay(b"")
+        twin.banner, twin.frames, twin.served = self.banner, self.frames, self.served
+        return twin
+
     def answer(self, action: Frame) -> list[bytes]:
         name = (action.get("Action") or "").lower()
         client_id = action.get("ActionID") or ""
@@ -156,13 +162,22 @@ class EslReplay:
 
 async def serve_once(replay: AmiReplay | EslReplay, host: str, port: int,
                      ready: asyncio.Future[int] | None = None) -> None:
-    """Accept one client, serve the trace to it, return when it disconnects."""
+    """Serve the trace to one client (each of its connections gets the whole trace;
+    ccdr's AMI adapter opens a command and a probe session); return when the first
+    connection closes."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    first = True
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal first
+        rep = replay if first or isinstance(replay, EslReplay) else replay.fresh()
+        first = False
         try:
-            await replay.serve(r, w)
+            await rep.serve(r, w)
+        except ConnectionError:
+            pass
         finally:
+            w.close()
             if not done.done():
                 done.set_result(None)
 

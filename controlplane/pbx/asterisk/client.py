@@ -93,6 +93,7 @@ class AsteriskClient(PbxClient):
         # The PBX's picture as we know it: re-read after every (re)connect.
         self.members: dict[str, dict[str, QueueMember]] = {}
         self.registered: dict[str, Contact] = {}
+        self._during_reconcile: list[Frame] | None = None
 
     def __repr__(self) -> str:  # never shows the secret
         return f"AsteriskClient(site={self.site!r}, {self.link.host}:{self.link.port}, {self._state.value})"
@@ -254,17 +255,25 @@ class AsteriskClient(PbxClient):
         PBX without app_queue or PJSIP, or a list slower than reconcile_timeout_s) stays
         as it was and is logged; it does not drop a link the probe session finds alive."""
         t = self.timings.reconcile_timeout_s
+        # Events that arrive while a list is read are newer than the list: they are
+        # re-applied on top of it, or a phone registering during the read would vanish.
+        self._during_reconcile = []
         try:
-            members: dict[str, dict[str, QueueMember]] = {}
-            for m in await self.queue_status(timeout_s=t):
-                members.setdefault(m.queue, {})[m.interface] = m
-            self.members = members
-        except (PbxCommandError, PbxUnreachable) as exc:
-            log.warning("site %s: cannot re-read queue members: %s", self.site, exc)
-        try:
-            self.registered = {c.endpoint: c for c in await self.contacts(timeout_s=t)}
-        except (PbxCommandError, PbxUnreachable) as exc:
-            log.warning("site %s: cannot re-read contacts: %s", self.site, exc)
+            try:
+                members: dict[str, dict[str, QueueMember]] = {}
+                for m in await self.queue_status(timeout_s=t):
+                    members.setdefault(m.queue, {})[m.interface] = m
+                self.members = members
+            except (PbxCommandError, PbxUnreachable) as exc:
+                log.warning("site %s: cannot re-read queue members: %s", self.site, exc)
+            try:
+                self.registered = {c.endpoint: c for c in await self.contacts(timeout_s=t)}
+            except (PbxCommandError, PbxUnreachable) as exc:
+                log.warning("site %s: cannot re-read contacts: %s", self.site, exc)
+        finally:
+            late, self._during_reconcile = self._during_reconcile, None
+            for frame in late or ():
+                self._apply(frame)
 
     # --- events ----------------------------------------------------------------
 
@@ -274,9 +283,18 @@ class AsteriskClient(PbxClient):
 
     def _on_frame(self, frame: Frame) -> None:
         # Runs inside data_received: only quick bookkeeping, never user code.
-        ev = normalize(self.site, frame, self.clock.now())
+        ev = self._apply(frame)
         if ev is None:
             return
+        if self._during_reconcile is not None and ev.kind is not EventKind.DEVICE_STATE:
+            self._during_reconcile.append(frame)
+        self._publish(ev)
+
+    def _apply(self, frame: Frame) -> PbxEvent | None:
+        """Update the picture from one event frame; return its normalized event."""
+        ev = normalize(self.site, frame, self.clock.now())
+        if ev is None:
+            return None
         d = ev.data
         if ev.kind is EventKind.PHONE_REGISTERED:
             self.registered[d["endpoint"]] = Contact(d["endpoint"], d["uri"], d["status"])
@@ -287,7 +305,7 @@ class AsteriskClient(PbxClient):
             self.members.setdefault(d["queue"], {})[d["interface"]] = member_from(frame)
         elif ev.kind is EventKind.QUEUE_MEMBER_REMOVED:
             self.members.get(d["queue"], {}).pop(d["interface"], None)
-        self._publish(ev)
+        return ev
 
     def _publish(self, ev: PbxEvent) -> None:
         for q in self._subs:
