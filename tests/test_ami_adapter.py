@@ -367,10 +367,19 @@ async def test_normalized_events_keep_raw_frame(fake: FakeAmi) -> None:
                          ("Domain", "sip.example"), ("Status", "Registered")])
         ev = await next_event(events, EventKind.TRUNK_REGISTRATION)
         assert ev.data["trunk"] == "carrier1" and ev.data["status"] == "Registered"
-        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@h"), ("ContactStatus", "Removed"),
+        # A phone moves: the new contact is reported first, the old one's removal after.
+        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@old"), ("ContactStatus", "Created"),
+                         ("AOR", "1001"), ("EndpointName", "1001")])
+        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@new"), ("ContactStatus", "Created"),
+                         ("AOR", "1001"), ("EndpointName", "1001")])
+        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@old"), ("ContactStatus", "Removed"),
                          ("AOR", "1001"), ("EndpointName", "1001")])
         ev = await next_event(events, EventKind.PHONE_UNREGISTERED)
-        assert ev.data["endpoint"] == "1001" and "1001" not in c.registered
+        assert ev.data["endpoint"] == "1001" and c.registered["1001"].uri == "sip:1001@new"
+        await fake.push([("Event", "ContactStatus"), ("URI", "sip:1001@new"), ("ContactStatus", "Removed"),
+                         ("AOR", "1001"), ("EndpointName", "1001")])
+        await next_event(events, EventKind.PHONE_UNREGISTERED)
+        assert "1001" not in c.registered
     finally:
         await events.aclose()
         await c.close()

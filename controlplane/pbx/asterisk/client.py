@@ -299,7 +299,11 @@ class AsteriskClient(PbxClient):
         if ev.kind is EventKind.PHONE_REGISTERED:
             self.registered[d["endpoint"]] = Contact(d["endpoint"], d["uri"], d["status"])
         elif ev.kind is EventKind.PHONE_UNREGISTERED:
-            self.registered.pop(d["endpoint"], None)
+            # With remove_existing, a re-REGISTER from a new address reports the new contact
+            # first and the old one's removal after: only drop the contact that went.
+            known = self.registered.get(d["endpoint"])
+            if known is not None and (not d["uri"] or known.uri == d["uri"]):
+                del self.registered[d["endpoint"]]
         elif ev.kind in (EventKind.QUEUE_MEMBER_ADDED, EventKind.QUEUE_MEMBER_PAUSED,
                          EventKind.QUEUE_MEMBER_STATUS):
             self.members.setdefault(d["queue"], {})[d["interface"]] = member_from(frame)
