@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -228,8 +229,23 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
             msg = await ws.receive_json()
         assert msg == {"type": "pbx", "site": "b", "state": "unreachable"}
         # The client goes silent: the reaper loop ends its session.
-        await clock.advance(31)
-        await clock.advance(1)
+        # The reaper does real Redis I/O between its fake-clock sleeps, so time is moved
+        # on one second at a time until the client hears its session ended.
+        async def ended() -> dict[str, Any]:
+            while True:
+                m: dict[str, Any] = await ws.receive_json()
+                if m["type"] == "session":
+                    return m
+
+        waiter = asyncio.create_task(ended())
+        for _ in range(200):
+            if waiter.done():
+                break
+            await clock.advance(1)
+            await asyncio.wait({waiter}, timeout=0.02)
+        msg = await asyncio.wait_for(waiter, 5)
+        assert clock.now() >= 30  # not before the session's time-to-live
+        assert msg == {"type": "session", "state": "ended", "why": "expired"}
         assert await svc.sessions.count() == 0 and pbx["a"].members["sales-a"] == {}
         await ws.close()
     await svc.stop()

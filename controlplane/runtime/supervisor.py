@@ -73,8 +73,12 @@ class Supervisor:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Cancel every task and wait for each to finish its cleanup."""
         self._stopping = True
-        tasks = [t.task for t in self.tasks.values() if t.task is not None and not t.task.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+        pending = {t.task for t in self.tasks.values() if t.task is not None and not t.task.done()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Cancel until done: a library may swallow one cancellation (asyncio.wait_for on
+        # 3.11 does when the inner call finishes at the same moment).
+        while pending and loop.time() < deadline:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.5, max(0.01, deadline - loop.time())))

@@ -94,6 +94,9 @@ class AsteriskClient(PbxClient):
         self.members: dict[str, dict[str, QueueMember]] = {}
         self.registered: dict[str, Contact] = {}
         self._during_reconcile: list[Frame] | None = None
+        self._booted = asyncio.Event()
+        # FullyBooted is a "system" event: without it in the mask there is nothing to wait for.
+        self._waits_for_boot = event_mask == "on" or "system" in event_mask.split(",")
 
     def __repr__(self) -> str:  # never shows the secret
         return f"AsteriskClient(site={self.site!r}, {self.link.host}:{self.link.port}, {self._state.value})"
@@ -219,8 +222,19 @@ class AsteriskClient(PbxClient):
             self._set_state(LinkState.CONNECTING)
         lost = asyncio.Event()
         self._lost = lost
+        self._booted.clear()
         self._proto = await self._open(self.event_mask, lost)
         self._probe_proto = await self._open("off", lost)
+        # A restarting Asterisk accepts AMI logins before its modules are loaded
+        # ("Invalid/unknown command: QueueStatus" right after `ccdr lab start`): the
+        # link is up only once FullyBooted says so (sent at login when already booted).
+        if self._waits_for_boot:
+            try:
+                async with asyncio.timeout(self.timings.reconcile_timeout_s):
+                    await self._booted.wait()
+            except TimeoutError:
+                raise PbxUnreachable(f"site {self.site}: Asterisk not fully booted after "
+                                     f"{self.timings.reconcile_timeout_s} s") from None
 
     async def _liveness(self, reconcile: asyncio.Task[None]) -> None:
         """Ping every interval; no answer within the timeout means the PBX is gone,
@@ -283,6 +297,8 @@ class AsteriskClient(PbxClient):
 
     def _on_frame(self, frame: Frame) -> None:
         # Runs inside data_received: only quick bookkeeping, never user code.
+        if frame.get("Event") == "FullyBooted":
+            self._booted.set()
         ev = self._apply(frame)
         if ev is None:
             return
