@@ -14,7 +14,8 @@ can catch that one class.  The tree::
     │   └── PbxCommandError    the PBX answered, with an error
     ├── InventoryError         inventory import/export refused
     ├── LoginRefused           a login/logout refused; carries a stable code and HTTP status
-    └── RenderError            a routing policy could not be rendered
+    ├── RenderError            a routing policy could not be rendered
+    └── ProvisioningError      a phone's config cannot be rendered (in provisioning.errors)
 
 Messages never contain secrets.
 """

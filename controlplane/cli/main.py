@@ -18,6 +18,7 @@ from controlplane.cli.events_live import record, tail
 from controlplane.cli.inventory import inventory
 from controlplane.cli.lab import lab
 from controlplane.cli.login import login
+from controlplane.cli.provision import provision
 
 
 @click.group()
@@ -37,3 +38,4 @@ cli.add_command(lab)
 cli.add_command(db)
 cli.add_command(inventory)
 cli.add_command(login)
+cli.add_command(provision)
