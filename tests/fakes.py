@@ -88,6 +88,7 @@ class MemoryDirectory:
         self.free = list(range(1, pool + 1))
         self.held: dict[str, int] = {}
         self.hasher = hasher
+        self.history: dict[str, dict[str, Any]] = {}
 
     def add_agent(self, account: str, password: str, system: str = "cards", region: str = "east",
                   skills: tuple[tuple[str, int], ...] = (("sales", 0),)) -> None:
@@ -117,3 +118,18 @@ class MemoryDirectory:
         v = self.held.pop(session_id, None)
         if v is not None:
             self.free.append(v)
+
+    async def set_password_hash(self, account: str, old_hash: str, new_hash: str) -> None:
+        rec = self.agents[account]
+        if rec.password_hash == old_hash:
+            self.agents[account] = AgentRecord(rec.profile, new_hash, rec.skill_penalties)
+
+    async def session_started(self, session_id: str, account: str, site: str, mac: str, extension: str,
+                              vaid: int, reason: str) -> None:
+        self.history[session_id] = {"account": account, "site": site, "mac": mac, "extension": extension,
+                                    "vaid": vaid, "reason": reason, "end_reason": None}
+
+    async def session_ended(self, session_id: str, why: str) -> None:
+        h = self.history.get(session_id)
+        if h is not None and h["end_reason"] is None:
+            h["end_reason"] = why

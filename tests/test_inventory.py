@@ -30,7 +30,9 @@ async def counts(pool: Any) -> dict[str, int]:
 async def test_migrate_is_idempotent_and_concurrent_safe(pg: Any) -> None:
     async with pg.acquire() as a, pg.acquire() as b:
         assert await asyncio.gather(migrate(a), migrate(b)) == [[], []]
-    assert await pg.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    from controlplane.inventory.migrate import migrations
+
+    assert await pg.fetchval("SELECT count(*) FROM schema_migrations") == len(migrations()) >= 2
 
 
 @pytest.mark.parametrize("raw", ["00:11:22:AA:BB:CC", "00-11-22-aa-bb-cc", "0011.22aa.bbcc", "001122AABBCC",
@@ -126,3 +128,22 @@ def test_cli_import_reports_problems_and_exit_code(pg_db: str) -> None:
     r = CliRunner().invoke(cli, ["inventory", "export", "--dsn", pg_db])
     doc = yaml.safe_load(r.output)
     assert [a["account"] for a in doc["agents"]] == ["alice", "bob"]
+
+
+async def test_session_history_and_password_rehash_in_postgres(pg: Any) -> None:
+    async with pg.acquire() as c:
+        await import_files(c, GOOD)
+    d = PgDirectory(pg)
+    await d.session_started("s1", "alice", "b", "001122aabb01", "3001", 7, "rule:1")
+    await d.session_ended("s1", "logout")
+    await d.session_ended("s1", "expired")  # the first end stands
+    row = await pg.fetchrow("SELECT account, site, vaid, reason, end_reason, ended_at IS NOT NULL AS ended"
+                            " FROM sessions WHERE id = 's1'")
+    assert dict(row) == {"account": "alice", "site": "b", "vaid": 7, "reason": "rule:1",
+                         "end_reason": "logout", "ended": True}
+    alice = await d.agent("alice")
+    assert alice is not None
+    await d.set_password_hash("alice", "not-the-stored-hash", "x")  # stale: a concurrent rehash won
+    assert (await d.agent("alice")).password_hash == alice.password_hash  # type: ignore[union-attr]
+    await d.set_password_hash("alice", alice.password_hash, "$argon2id$new")
+    assert (await d.agent("alice")).password_hash == "$argon2id$new"  # type: ignore[union-attr]

@@ -108,6 +108,9 @@ async def test_login_then_phone_registration_adds_members_and_reads_back(
     assert r.status == 200
     assert env.pbx["a"].members == {"sales-a": {}, "vip-a": {}}
     assert await env.sessions.count() == 0 and env.dir.held == {}
+    assert env.dir.history[body["session_id"]] == {
+        "account": "agent01", "site": "a", "mac": "001122000001", "extension": "2001", "vaid": 1,
+        "reason": "local", "end_reason": "logout"}
     await ws.close()
 
 
@@ -192,6 +195,8 @@ async def test_second_login_replaces_first_session(client: TestClient[Any, Any],
     assert first["session_id"] != second["session_id"]
     assert [s.id for s in await env.sessions.all()] == [second["session_id"]]
     assert list(env.dir.held) == [second["session_id"]]
+    assert env.dir.history[first["session_id"]]["end_reason"] == "replaced"
+    assert env.dir.history[second["session_id"]]["end_reason"] is None
 
 
 async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_client: Any) -> None:
@@ -250,3 +255,86 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
         await ws.close()
     await svc.stop()
     assert all(not t["running"] for t in svc.supervisor.status().values())
+
+
+async def test_import_profile_hash_is_upgraded_on_first_login(client: TestClient[Any, Any], env: Env) -> None:
+    # agent01's hash was made with the light import profile (FAST); the service's own
+    # hasher is argon2-cffi's default, so the first good login stores a default-profile hash.
+    env.mgr.hasher = PasswordHasher()
+    old = env.dir.agents["agent01"].password_hash
+    assert env.mgr.hasher.check_needs_rehash(old)
+    status, _ = await _login(client, 1)
+    assert status == 200
+    new = env.dir.agents["agent01"].password_hash
+    assert new != old and not env.mgr.hasher.check_needs_rehash(new)
+    status, _ = await _login(client, 1)
+    assert status == 200 and env.dir.agents["agent01"].password_hash == new
+    # a wrong password changes nothing
+    status, _ = await _login(client, 1, password="wrong")
+    assert status == 401 and env.dir.agents["agent01"].password_hash == new
+
+
+class _Authn:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    async def authenticate(self, account: str, password: str) -> bool:
+        self.asked.append((account, password))
+        return password == "from-the-directory"
+
+
+async def test_external_authenticator_decides_for_agents_without_a_hash(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    from controlplane.login.ports import AgentRecord
+
+    rec = env.dir.agents["agent02"]
+    env.dir.agents["agent02"] = AgentRecord(rec.profile, "", rec.skill_penalties)
+    # No authenticator configured: an empty hash is never "any password".
+    status, body = await _login(client, 2, password="anything")
+    assert (status, body["error"]["code"]) == (401, "bad_credentials")
+    env.mgr.authenticator = authn = _Authn()
+    status, body = await _login(client, 2, password="nope")
+    assert (status, body["error"]["code"]) == (401, "bad_credentials")
+    status, body = await _login(client, 2, password="from-the-directory")
+    assert status == 200, body
+    assert authn.asked == [("agent02", "nope"), ("agent02", "from-the-directory")]
+    # agents with a hash never reach the authenticator
+    status, _ = await _login(client, 3)
+    assert status == 200 and len(authn.asked) == 2
+
+
+async def test_http_authenticator_contract() -> None:
+    from aiohttp import web
+
+    from controlplane.errors import LoginRefused
+    from controlplane.login.authn import HttpAuthenticator
+
+    seen: list[Any] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.path_qs, body))
+        return web.Response(status={"ok": 200, "no": 401, "boom": 500}[body["password"]])
+
+    app = web.Application()
+    app.router.add_post("/auth", hook)
+    async with TestServer(app) as server:
+        a = HttpAuthenticator(str(server.make_url("/auth")))
+        try:
+            assert await a.authenticate("agent01", "ok") is True
+            assert await a.authenticate("agent01", "no") is False
+            with pytest.raises(LoginRefused) as e:
+                await a.authenticate("agent01", "boom")
+            assert (e.value.code, e.value.status) == ("authenticator_unavailable", 503)
+            assert "boom" not in str(e.value)
+        finally:
+            await a.close()
+    assert seen[0] == ("/auth", {"account": "agent01", "password": "ok"})  # never in the URL
+    a = HttpAuthenticator("http://127.0.0.1:9/auth", timeout_s=1)
+    try:
+        with pytest.raises(LoginRefused) as e:
+            await a.authenticate("agent01", "ok")
+        assert e.value.code == "authenticator_unavailable"
+    finally:
+        await a.close()

@@ -13,9 +13,11 @@ import click
 
 from controlplane.cli.common import topology_option
 from controlplane.inventory.directory import PgDirectory
+from controlplane.login.authn import HttpAuthenticator
 from controlplane.login.service import LoginService
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import PbxClient
+from controlplane.pbx.freeswitch import FreeswitchClient, tcp_connect
 from controlplane.runtime.stores import redis_from_url
 from controlplane.settings import load_topology
 
@@ -33,7 +35,11 @@ def login() -> None:
 @click.option("--bind", default=None, help="host:port (default: from the site's login_url).")
 @click.option("--admin-token-env", default="CCDR_ADMIN_TOKEN", show_default=True,
               help="Environment variable holding the admin token for /v1/sessions.")
-def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str) -> None:
+@click.option("--authenticator-url", envvar="CCDR_AUTHENTICATOR_URL", default=None,
+              help="External authenticator for agents imported without a password hash "
+                   "(POST {account, password}; 200 accepts). Env: CCDR_AUTHENTICATOR_URL.")
+def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
+          authenticator_url: str | None) -> None:
     """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
     topo = load_topology(topology)
     site = topo.site(site_id)
@@ -49,12 +55,16 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str) -
         for s in topo.sites:
             if s.ami is not None:
                 pbx[s.id] = AsteriskClient(s.id, s.ami, topo.timings)
+            elif s.esl is not None:
+                pbx[s.id] = FreeswitchClient(s.id, tcp_connect(s.esl.host, s.esl.port),
+                                             s.esl.password.reveal(f"sites[{s.id}].esl.password"), topo.timings)
         for c in pbx.values():
             try:
                 await c.start()
             except Exception as exc:  # a site that is down at start is a normal state here
                 log.warning("%s", exc)
-        svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token)
+        authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
+        svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn)
         await svc.serve(host, port)
         click.echo(f"login service for site {site.id} on http://{host}:{port}", err=True)
         stop = asyncio.Event()
@@ -65,6 +75,8 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str) -
         await svc.stop()
         for c in pbx.values():
             await c.close()
+        if authn is not None:
+            await authn.close()
         await redis.aclose()
         await pool.close()
 

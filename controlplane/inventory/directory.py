@@ -63,3 +63,17 @@ class PgDirectory:
 
     async def release_vaid(self, session_id: str) -> None:
         await self.pool.execute("UPDATE virtual_agent_ids SET session_id = NULL WHERE session_id = $1", session_id)
+
+    async def set_password_hash(self, account: str, old_hash: str, new_hash: str) -> None:
+        await self.pool.execute("UPDATE agents SET password_hash = $3 WHERE account = $1 AND password_hash = $2",
+                                account, old_hash, new_hash)
+
+    async def session_started(self, session_id: str, account: str, site: str, mac: str, extension: str,
+                              vaid: int, reason: str) -> None:
+        await self.pool.execute("INSERT INTO sessions (id, account, site, mac, extension, vaid, reason)"
+                                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                session_id, account, site, mac, extension, vaid, reason)
+
+    async def session_ended(self, session_id: str, why: str) -> None:
+        await self.pool.execute("UPDATE sessions SET ended_at = now(), end_reason = $2"
+                                " WHERE id = $1 AND ended_at IS NULL", session_id, why)

@@ -25,8 +25,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from controlplane.errors import LoginRefused, PbxError
+from controlplane.login.authn import Authenticator
 from controlplane.login.decide import decide_site
-from controlplane.login.ports import Directory
+from controlplane.login.ports import AgentRecord, Directory
 from controlplane.login.ratelimit import LoginRateLimiter
 from controlplane.login.sessions import LiveSession, SessionStore
 from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
@@ -72,6 +73,7 @@ class LoginManager:
         push: Push | None = None,
         clock: Clock | None = None,
         hasher: PasswordHasher | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.site = topology.site(site_id)
         self.topology = topology
@@ -82,6 +84,7 @@ class LoginManager:
         self.push = push
         self.clock = clock or RealClock()
         self.hasher = hasher or PasswordHasher()
+        self.authenticator = authenticator
         self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
@@ -105,7 +108,7 @@ class LoginManager:
         if await self.limiter.blocked(account, source):
             raise LoginRefused("rate_limited", 429, "too many failed logins; try again later")
         rec = await self.directory.agent(account)
-        if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
+        if not await self._check_password(rec, password) or rec is None:
             await self.limiter.failed(account, source)
             raise LoginRefused("bad_credentials", 401, "wrong account or password")
 
@@ -137,6 +140,12 @@ class LoginManager:
             await self.sessions.claim(sid)
             raise
         self.tokens[sid] = token
+        try:
+            await self.directory.session_started(sid, account, target.id, norm_mac, line.extension, vaid,
+                                                 decision.reason)
+        except BaseException:
+            await self._end(sid, "failed")
+            raise
         if replaced:
             self._spawn(self._end(replaced, "replaced"))
         self.pending[target.id].by_ext[line.extension] = sid
@@ -163,6 +172,26 @@ class LoginManager:
             "other_login_urls": [s.login_url for s in self.topology.other_sites(self.site.id)],
         }
         return LoginResult(session, token, payload)
+
+    async def _check_password(self, rec: AgentRecord | None, password: str) -> bool:
+        if rec is not None and rec.password_hash == "":
+            # No hash in the inventory: the external authenticator decides.
+            if self.authenticator is None:
+                log.warning("agent %s has no password hash and no external authenticator is set",
+                            rec.profile.account)
+                return False
+            return await self.authenticator.authenticate(rec.profile.account, password)
+        if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
+            return False
+        if self.hasher.check_needs_rehash(rec.password_hash):
+            # Imported with the light import profile (or older parameters): upgrade the
+            # hash now that we hold the password. A failure here never fails the login.
+            try:
+                new = await asyncio.to_thread(self.hasher.hash, password)
+                await self.directory.set_password_hash(rec.profile.account, rec.password_hash, new)
+            except Exception as exc:  # the login itself succeeded; the next one retries
+                log.warning("rehash of %s failed: %s", rec.profile.account, type(exc).__name__)
+        return True
 
     async def _verify(self, hashed: str, password: str) -> bool:
         def check() -> bool:
@@ -249,6 +278,7 @@ class LoginManager:
                 except PbxError as exc:  # not a member (CTI never completed) is fine
                     log.debug("queue_remove %s %s: %s", q, s.extension, exc)
         await self.directory.release_vaid(s.id)
+        await self.directory.session_ended(s.id, why)
         await self.sessions.redis.delete(f"{self.sessions.p}sess:token:{s.id}")
         self.tokens.pop(s.id, None)
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from controlplane.login.authn import Authenticator
 from controlplane.login.http import SOCKETS, broadcast, build_app
 from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
@@ -45,6 +46,7 @@ class LoginService:
         reap_interval_s: float = 1.0,
         limits: RateLimits | None = None,
         clock: Clock | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.clock = clock or RealClock()
         self.redis = redis
@@ -52,7 +54,8 @@ class LoginService:
         self.reap_interval_s = reap_interval_s
         self.sessions = SessionStore(redis, prefix, session_ttl_s)
         self.manager = LoginManager(site_id, topology, directory, self.sessions,
-                                    LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock)
+                                    LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock,
+                                    authenticator=authenticator)
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
         self.app = build_app(self.manager, admin_token)
         self.app.router.add_get(STATUS_PATH, self._status)
