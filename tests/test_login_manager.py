@@ -259,12 +259,15 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
 
 async def test_import_profile_hash_is_upgraded_on_first_login(client: TestClient[Any, Any], env: Env) -> None:
     # agent01's hash was made with the light import profile (FAST); the service's own
-    # hasher is argon2-cffi's default, so the first good login stores a default-profile hash.
-    env.mgr.hasher = PasswordHasher()
+    # profile is LOGIN_HASHER, so the first good login stores a default-profile hash.
+    from controlplane.login.manager import LOGIN_HASHER
+
+    env.mgr.hasher = LOGIN_HASHER
     old = env.dir.agents["agent01"].password_hash
     assert env.mgr.hasher.check_needs_rehash(old)
     status, _ = await _login(client, 1)
     assert status == 200
+    await env.mgr.drain()  # the rehash runs off the login's path
     new = env.dir.agents["agent01"].password_hash
     assert new != old and not env.mgr.hasher.check_needs_rehash(new)
     status, _ = await _login(client, 1)

@@ -38,8 +38,13 @@ log = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+# The login service's password profile: OWASP's minimum for argon2id (19 MiB, t=2, p=1),
+# ~20 ms a hash here. argon2-cffi's default (64 MiB, t=3, p=4) costs ~110 ms on 2 cores,
+# which caps a login storm at ~18 logins/s. Hashes made otherwise are upgraded on login.
+LOGIN_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+MAX_PENDING_REHASH = 1000  # beyond this, a login skips its rehash (its next login does it)
 # A dummy hash so an unknown account costs the same time as a wrong password.
-_DUMMY_HASH = PasswordHasher().hash("not-a-real-password")
+_DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 
 Push = Callable[[str, dict[str, Any]], Awaitable[None]]  # (session id, message)
 
@@ -83,8 +88,10 @@ class LoginManager:
         self.pbx = pbx
         self.push = push
         self.clock = clock or RealClock()
-        self.hasher = hasher or PasswordHasher()
+        self.hasher = hasher or LOGIN_HASHER
         self.authenticator = authenticator
+        self._rehashing: set[str] = set()
+        self._rehash_slot = asyncio.Semaphore(1)
         self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
@@ -183,15 +190,23 @@ class LoginManager:
             return await self.authenticator.authenticate(rec.profile.account, password)
         if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
             return False
-        if self.hasher.check_needs_rehash(rec.password_hash):
-            # Imported with the light import profile (or older parameters): upgrade the
-            # hash now that we hold the password. A failure here never fails the login.
-            try:
+        if self.hasher.check_needs_rehash(rec.password_hash) and len(self._rehashing) < MAX_PENDING_REHASH:
+            # Imported with the light import profile (or older parameters): upgrade the hash
+            # now that we hold the password, off the login's path and one at a time, so a
+            # login storm right after an import is not slowed by 10,000 strong hashes.
+            self._rehashing.add(rec.profile.account)
+            self._spawn(self._rehash(rec, password))
+        return True
+
+    async def _rehash(self, rec: AgentRecord, password: str) -> None:
+        try:
+            async with self._rehash_slot:
                 new = await asyncio.to_thread(self.hasher.hash, password)
                 await self.directory.set_password_hash(rec.profile.account, rec.password_hash, new)
-            except Exception as exc:  # the login itself succeeded; the next one retries
-                log.warning("rehash of %s failed: %s", rec.profile.account, type(exc).__name__)
-        return True
+        except Exception as exc:  # the login itself succeeded; the next one retries
+            log.warning("rehash of %s failed: %s", rec.profile.account, type(exc).__name__)
+        finally:
+            self._rehashing.discard(rec.profile.account)
 
     async def _verify(self, hashed: str, password: str) -> bool:
         def check() -> bool:
