@@ -275,6 +275,16 @@ async def test_import_profile_hash_is_upgraded_on_first_login(client: TestClient
     # a wrong password changes nothing
     status, _ = await _login(client, 1, password="wrong")
     assert status == 401 and env.dir.agents["agent01"].password_hash == new
+    # Upgrades trickle: within REHASH_INTERVAL_S of the last one, a login skips its upgrade.
+    old3, old5 = env.dir.agents["agent03"].password_hash, env.dir.agents["agent05"].password_hash
+    await env.clock.advance(0.25)
+    assert (await _login(client, 3))[0] == 200 and (await _login(client, 5))[0] == 200
+    await env.mgr.drain()
+    assert env.dir.agents["agent03"].password_hash != old3 and env.dir.agents["agent05"].password_hash == old5
+    await env.clock.advance(0.25)
+    assert (await _login(client, 5))[0] == 200
+    await env.mgr.drain()
+    assert env.dir.agents["agent05"].password_hash != old5
 
 
 class _Authn:

@@ -42,7 +42,7 @@ _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 # ~20 ms a hash here. argon2-cffi's default (64 MiB, t=3, p=4) costs ~110 ms on 2 cores,
 # which caps a login storm at ~18 logins/s. Hashes made otherwise are upgraded on login.
 LOGIN_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-MAX_PENDING_REHASH = 1000  # beyond this, a login skips its rehash (its next login does it)
+REHASH_INTERVAL_S = 0.2  # at most 5 upgrades a second per service: ~10 % of one core
 # A dummy hash so an unknown account costs the same time as a wrong password.
 _DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 
@@ -91,6 +91,7 @@ class LoginManager:
         self.hasher = hasher or LOGIN_HASHER
         self.authenticator = authenticator
         self._rehashing: set[str] = set()
+        self._next_rehash = float("-inf")
         self._rehash_slot = asyncio.Semaphore(1)
         self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
@@ -190,10 +191,14 @@ class LoginManager:
             return await self.authenticator.authenticate(rec.profile.account, password)
         if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
             return False
-        if self.hasher.check_needs_rehash(rec.password_hash) and len(self._rehashing) < MAX_PENDING_REHASH:
+        now = self.clock.now()
+        if (self.hasher.check_needs_rehash(rec.password_hash) and now >= self._next_rehash
+                and rec.profile.account not in self._rehashing):
             # Imported with the light import profile (or older parameters): upgrade the hash
-            # now that we hold the password, off the login's path and one at a time, so a
-            # login storm right after an import is not slowed by 10,000 strong hashes.
+            # now that we hold the password, off the login's path and trickled (at most one
+            # per REHASH_INTERVAL_S): 10,000 strong hashes at once would take 200 CPU-seconds
+            # from a login storm right after an import. Skipped logins upgrade next time.
+            self._next_rehash = now + REHASH_INTERVAL_S
             self._rehashing.add(rec.profile.account)
             self._spawn(self._rehash(rec, password))
         return True

@@ -1,0 +1,222 @@
+"""Login storm: N agents log in through both sites' login services at once, their phones
+register, and each agent's queue membership is confirmed (CTI registration read back).
+
+Everything is real: two `ccdr login serve` processes, PostgreSQL, Redis, the lab's two
+Asterisk 22 sites, SIPp phones. The bench process is only the HTTP client (aiohttp,
+CONCURRENCY logins in flight) and the SIPp driver. Half the agents log in at each site.
+
+Reports: the login call's rate and latency (p50/p95/p99/max, as the client sees it), then
+the time from the storm's start until every phone is registered and every membership is
+confirmed, a read-back count through AMI, and the logout of everyone.
+
+Run as root with the lab up:  python bench/bench_login_storm.py [N] [CONCURRENCY]
+(brings the lab to N phones per site; uses a scratch database and Redis db 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+import yaml
+
+from controlplane.inventory.importer import IMPORT_HASHER, import_files
+from controlplane.inventory.migrate import migrate
+from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.settings import load_topology
+from lab import manager
+from lab.layout import FIRST_EXTENSION, phone_password, site
+
+ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_DB = 15
+PORTS = {"a": 18081, "b": 18082}
+CCDR = str(Path(sys.executable).parent / "ccdr")
+
+
+def mac(i: int) -> str:
+    return f"02:01:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00"
+
+
+def site_of(i: int) -> str:
+    return "a" if i % 2 == 0 else "b"
+
+
+def inventory(n: int, path: Path) -> None:
+    h = IMPORT_HASHER.hash("pw")
+    doc: dict[str, Any] = {
+        "regions": ["east", "west"],
+        "sites": [{"id": "a", "region": "east"}, {"id": "b", "region": "west"}],
+        "systems": ["cards"],
+        "skill_groups": [{"id": "sales", "queues": {"a": "sales", "b": "sales"}},
+                         {"id": "support", "queues": {"a": "support", "b": "support"}}],
+        "agents": [{"account": f"agent{i:05d}", "password_hash": h, "system": "cards",
+                    "home_region": "east" if site_of(i) == "a" else "west",
+                    "skills": {"sales": 0} if (i // 2) % 2 == 0 else {"support": 1}} for i in range(n)],
+        "devices": [{"mac": mac(i), "model": "yealink-t46",
+                     "lines": {s: {"extension": str(FIRST_EXTENSION + i), "sip_username": str(FIRST_EXTENSION + i),
+                                   "sip_password": phone_password(FIRST_EXTENSION + i)} for s in ("a", "b")}}
+                    for i in range(n)],
+        "virtual_agent_ids": {"from": 1, "to": 2 * n},
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+async def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy after {timeout} s")
+
+
+async def main(n: int, conc: int) -> None:
+    print(f"lab up with {n} phones per site...", flush=True)
+    await asyncio.to_thread(manager.up, n)
+    lab_topo = yaml.safe_load(manager.TOPOLOGY_FILE.read_text())
+    db = f"ccdr_storm_{secrets.token_hex(4)}"
+    dsn = ADMIN_PG.rsplit("/", 1)[0] + "/" + db
+    admin = await asyncpg.connect(ADMIN_PG)
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    r = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    await r.flushdb()
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="ccdr-storm-"))
+    try:
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        inventory(n, tmp / "inv.yaml")
+        t = time.perf_counter()
+        await import_files(conn, [tmp / "inv.yaml"])
+        await conn.close()
+        print(f"imported {n} agents in {time.perf_counter() - t:.1f} s", flush=True)
+        topo = dict(lab_topo)
+        topo["postgres"] = {"dsn": dsn}
+        topo["redis"] = {"url": f"redis://127.0.0.1:6379/{REDIS_DB}"}
+        for s in topo["sites"]:
+            s["login_url"] = f"http://127.0.0.1:{PORTS[s['id']]}"
+        (tmp / "topology.yaml").write_text(yaml.safe_dump(topo))
+        env = dict(os.environ, CCDR_ADMIN_TOKEN="bench")
+        for sid in ("a", "b"):
+            procs.append(subprocess.Popen([CCDR, "login", "serve", "--site", sid, "--topology",
+                                           str(tmp / "topology.yaml")], env=env,
+                                          stderr=open(tmp / f"login-{sid}.log", "wb")))
+        for sid in ("a", "b"):
+            await wait_http(f"http://127.0.0.1:{PORTS[sid]}/status")
+
+        lat: list[float] = []
+        bodies: list[dict[str, Any]] = [{} for _ in range(n)]
+        sem = asyncio.Semaphore(conc)
+        conn_ = aiohttp.TCPConnector(limit=conc)
+        async with aiohttp.ClientSession(connector=conn_) as http:
+            async def one(i: int) -> None:
+                async with sem:
+                    t0 = time.perf_counter()
+                    async with http.post(f"http://127.0.0.1:{PORTS[site_of(i)]}/v1/login",
+                                         json={"account": f"agent{i:05d}", "password": "pw", "mac": mac(i)}) as resp:
+                        body = await resp.json()
+                    lat.append(time.perf_counter() - t0)
+                    if resp.status != 200:
+                        raise RuntimeError(f"agent{i:05d}: {resp.status} {body}")
+                    bodies[i] = body
+
+            print(f"storm: {n} logins, {conc} in flight...", flush=True)
+            t_start = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            t_logins = time.perf_counter() - t_start
+            vaids = {b["virtual_agent_id"] for b in bodies}
+            assert len(vaids) == n, "duplicate virtual agent IDs"
+            by_site = {s: [FIRST_EXTENSION + i for i in range(n) if bodies[i]["site"] == s] for s in ("a", "b")}
+            # Phones register where they were told (SIPp, 900/s per site: the shared notes put
+            # Asterisk's own limit near 2,000/s with AMI listeners attached).
+            await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts) for s, exts in by_site.items()))
+            t_registered = time.perf_counter() - t_start
+            deadline = time.monotonic() + 120
+            confirmed = 0
+            while time.monotonic() < deadline:
+                async with http.get(f"http://127.0.0.1:{PORTS['a']}/v1/sessions",
+                                    headers={"Authorization": "Bearer bench"}) as resp:
+                    sess = (await resp.json())["sessions"]
+                confirmed = sum(1 for s in sess if s["state"] == "cti_registered")
+                if confirmed == n:
+                    break
+                await asyncio.sleep(0.1)
+            t_cti = time.perf_counter() - t_start
+            # Read back through AMI at each site: every agent a member where it logged in.
+            lt = load_topology(tmp / "topology.yaml")
+            readback = 0
+            for s in lt.sites:
+                assert s.ami is not None
+                c = AsteriskClient(s.id, s.ami, lt.timings)
+                await c.start()
+                members = {m.interface for q in ("sales", "support") for m in await c.queue_status(q)}
+                readback += sum(1 for e in by_site[s.id] if f"PJSIP/{e}" in members)
+                await c.close()
+            print(f"confirmed {confirmed} at {t_cti:.1f} s; read back {readback}", flush=True)
+            t0 = time.perf_counter()
+            failed: list[str] = []
+
+            async def logout(b: dict[str, Any]) -> None:
+                async with sem, http.post(f"http://127.0.0.1:{PORTS[b['site']]}/v1/logout",
+                                          json={"session_id": b["session_id"], "token": b["token"]}) as resp:
+                    if resp.status != 200:
+                        failed.append(f"{resp.status} {await resp.text()}")
+            await asyncio.gather(*(logout(b) for b in bodies))
+            t_logout = time.perf_counter() - t0
+            if failed:
+                print(f"{len(failed)} logouts failed, e.g. {failed[0]}")
+        await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts, 0) for s, exts in by_site.items()))
+        print(f"\nlogin storm, {n:,} agents over two login services, {conc} logins in flight:")
+        print(f"  login calls: {t_logins:.2f} s, {n / t_logins:,.0f} logins/s; latency p50 {pct(lat, .5) * 1000:.0f} ms,"
+              f" p95 {pct(lat, .95) * 1000:.0f} ms, p99 {pct(lat, .99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+              f" (mean {statistics.mean(lat) * 1000:.0f} ms)")
+        print(f"  all phones registered: {t_registered:.1f} s after the storm's start")
+        print(f"  CTI registration confirmed (read back by the service): {confirmed:,}/{n:,} at {t_cti:.1f} s")
+        print(f"  read back through AMI by this bench: {readback:,}/{n:,} members at their login site")
+        print(f"  logout of everyone: {t_logout:.1f} s")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await r.flushdb()
+        await r.aclose()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
+
+
+def manager_register(site_id: str, exts: list[int], expires: int = 300) -> None:
+    from lab.phones import register_many
+
+    register_many(site(site_id), exts, expires, 900, timeout_s=120)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000,
+                     int(sys.argv[2]) if len(sys.argv) > 2 else 100))
