@@ -79,8 +79,8 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_http(url: str, limit_s: float = 30) -> None:
+    deadline = time.monotonic() + limit_s
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             try:
@@ -90,7 +90,7 @@ async def wait_http(url: str, timeout: float = 30) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} not healthy after {timeout} s")
+    raise RuntimeError(f"{url} not healthy after {limit_s} s")
 
 
 async def main(n: int, conc: int) -> None:
@@ -120,10 +120,7 @@ async def main(n: int, conc: int) -> None:
             s["login_url"] = f"http://127.0.0.1:{PORTS[s['id']]}"
         (tmp / "topology.yaml").write_text(yaml.safe_dump(topo))
         env = dict(os.environ, CCDR_ADMIN_TOKEN="bench")
-        for sid in ("a", "b"):
-            procs.append(subprocess.Popen([CCDR, "login", "serve", "--site", sid, "--topology",
-                                           str(tmp / "topology.yaml")], env=env,
-                                          stderr=open(tmp / f"login-{sid}.log", "wb")))
+        procs += [start_service(sid, tmp, env) for sid in ("a", "b")]
         for sid in ("a", "b"):
             await wait_http(f"http://127.0.0.1:{PORTS[sid]}/status")
 
@@ -190,7 +187,8 @@ async def main(n: int, conc: int) -> None:
                 print(f"{len(failed)} logouts failed, e.g. {failed[0]}")
         await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts, 0) for s, exts in by_site.items()))
         print(f"\nlogin storm, {n:,} agents over two login services, {conc} logins in flight:")
-        print(f"  login calls: {t_logins:.2f} s, {n / t_logins:,.0f} logins/s; latency p50 {pct(lat, .5) * 1000:.0f} ms,"
+        print(f"  login calls: {t_logins:.2f} s, {n / t_logins:,.0f} logins/s;"
+              f" latency p50 {pct(lat, .5) * 1000:.0f} ms,"
               f" p95 {pct(lat, .95) * 1000:.0f} ms, p99 {pct(lat, .99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
               f" (mean {statistics.mean(lat) * 1000:.0f} ms)")
         print(f"  all phones registered: {t_registered:.1f} s after the storm's start")
@@ -209,6 +207,12 @@ async def main(n: int, conc: int) -> None:
         await r.aclose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()
+
+
+def start_service(sid: str, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(tmp / f"login-{sid}.log", "wb") as log:
+        return subprocess.Popen([CCDR, "login", "serve", "--site", sid, "--topology",
+                                 str(tmp / "topology.yaml")], env=env, stderr=log)
 
 
 def manager_register(site_id: str, exts: list[int], expires: int = 300) -> None:

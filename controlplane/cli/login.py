@@ -8,11 +8,10 @@ import os
 import signal
 from urllib.parse import urlparse
 
-import asyncpg
 import click
 
 from controlplane.cli.common import topology_option
-from controlplane.inventory.directory import PgDirectory
+from controlplane.inventory.directory import PgDirectory, create_pool
 from controlplane.login.authn import HttpAuthenticator
 from controlplane.login.service import LoginService
 from controlplane.pbx.asterisk import AsteriskClient
@@ -49,7 +48,7 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
     token = os.environ.get(admin_token_env, "")
 
     async def run() -> None:
-        pool = await asyncpg.create_pool(topo.postgres_dsn, min_size=2, max_size=20)
+        pool = await create_pool(topo.postgres_dsn)
         redis = redis_from_url(topo.redis_url)
         pbx: dict[str, PbxClient] = {}
         for s in topo.sites:
