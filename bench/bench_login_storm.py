@@ -9,6 +9,10 @@ Reports: the login call's rate and latency (p50/p95/p99/max, as the client sees 
 the time from the storm's start until every phone is registered and every membership is
 confirmed, a read-back count through AMI, and the logout of everyone.
 
+The bench client sends no heartbeats, so the services run with a 900 s session TTL (a
+10,000-agent run lasts longer than the default 30 s; expired sessions would hand their
+virtual IDs to later logins).
+
 Run as root with the lab up:  python bench/bench_login_storm.py [N] [CONCURRENCY]
 (brings the lab to N phones per site; uses a scratch database and Redis db 15).
 """
@@ -212,7 +216,7 @@ async def main(n: int, conc: int) -> None:
 def start_service(sid: str, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(tmp / f"login-{sid}.log", "wb") as log:
         return subprocess.Popen([CCDR, "login", "serve", "--site", sid, "--topology",
-                                 str(tmp / "topology.yaml")], env=env, stderr=log)
+                                 str(tmp / "topology.yaml"), "--session-ttl", "900"], env=env, stderr=log)
 
 
 def manager_register(site_id: str, exts: list[int], expires: int = 300) -> None:

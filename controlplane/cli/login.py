@@ -37,8 +37,10 @@ def login() -> None:
 @click.option("--authenticator-url", envvar="CCDR_AUTHENTICATOR_URL", default=None,
               help="External authenticator for agents imported without a password hash "
                    "(POST {account, password}; 200 accepts). Env: CCDR_AUTHENTICATOR_URL.")
+@click.option("--session-ttl", "session_ttl_s", type=click.FloatRange(min=3), default=30.0, show_default=True,
+              help="Seconds without a client heartbeat before a session is reaped (members removed).")
 def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
-          authenticator_url: str | None) -> None:
+          authenticator_url: str | None, session_ttl_s: float) -> None:
     """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
     topo = load_topology(topology)
     site = topo.site(site_id)
@@ -63,7 +65,8 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
             except Exception as exc:  # a site that is down at start is a normal state here
                 log.warning("%s", exc)
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
-        svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn)
+        svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
+                           session_ttl_s=session_ttl_s)
         await svc.serve(host, port)
         click.echo(f"login service for site {site.id} on http://{host}:{port}", err=True)
         stop = asyncio.Event()
