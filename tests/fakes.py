@@ -21,6 +21,7 @@ class FakePbx(PbxClient):
         self._state = LinkState.UP if up else LinkState.UNREACHABLE
         self.calls: list[tuple[Any, ...]] = []
         self.members: dict[str, dict[str, QueueMember]] = {}
+        self.fail_adds: Exception | None = None  # raised by queue_add (a link dropping mid-way)
         self._subs: list[asyncio.Queue[PbxEvent]] = []
 
     @property
@@ -49,6 +50,8 @@ class FakePbx(PbxClient):
     async def queue_add(self, queue: str, interface: str, name: str = "", penalty: int = 0,
                         paused: bool = False) -> None:
         self.calls.append(("QueueAdd", queue, interface, name, penalty))
+        if self.fail_adds is not None:
+            raise self.fail_adds
         q = self.members.setdefault(queue, {})
         if interface in q:
             raise PbxCommandError("Unable to add interface: Already there")

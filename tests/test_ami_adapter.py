@@ -125,6 +125,29 @@ async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_time
         await c.close()
 
 
+async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_while(fake: FakeAmi) -> None:
+    """In a 10,000-phone registration storm Asterisk answered Ping after > 1 s while it
+    streamed thousands of events a second; dropping the link then failed every CTI
+    registration in flight. A PBX still sending events is slow, not dead, for at most
+    SLOW_PING_GRACE probe timeouts."""
+    fake.slow["ping"] = 0.3  # every Ping answered 0.3 s late (timeout 0.1 s)
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        until = time.monotonic() + 0.4  # inside the grace: 5 x 0.1 s
+        while time.monotonic() < until:
+            await fake.push([("Event", "PeerStatus"), ("Privilege", "system,all"), ("Peer", "PJSIP/1001")])
+            await asyncio.sleep(0.02)
+        assert c.state is LinkState.UP and c.slow_pings >= 1
+        t0 = time.monotonic()
+        await next_event(events, EventKind.PBX_DOWN, within=2)  # the grace runs out
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await events.aclose()
+        await c.close()
+
+
 async def test_slow_action_does_not_make_a_healthy_pbx_look_dead(fake: FakeAmi) -> None:
     """AMI answers a session's actions in order; PJSIPShowContacts took 2.4 s for 1,000
     contacts on Asterisk 22. Liveness Pings go on their own session, so they are not

@@ -351,3 +351,40 @@ async def test_http_authenticator_contract() -> None:
         assert e.value.code == "authenticator_unavailable"
     finally:
         await a.close()
+
+
+async def test_reconcile_removes_only_our_members_without_a_live_session_there(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    await _login(client, 1)  # agent01 at a, CTI registered below
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    pbx = env.pbx["a"]
+    # Left behind while a was unreachable: an agent that moved away, and a hand-made member.
+    await pbx.queue_add("sales-a", "PJSIP/2005", name="agent05/7")
+    await pbx.queue_add("sales-a", "PJSIP/2999", name="Supervisor Joe")
+    pbx.calls.clear()
+    assert await env.mgr.reconcile_site("a") == 1
+    assert pbx.calls == [("QueueStatus", None, None), ("QueueRemove", "sales-a", "PJSIP/2005")]
+    assert set(pbx.members["sales-a"]) == {"PJSIP/2001", "PJSIP/2999"}
+    pbx.set_state(LinkState.UNREACHABLE)
+    assert await env.mgr.reconcile_site("a") == 0  # nothing to do while it is down
+
+
+async def test_cti_registration_interrupted_by_a_link_drop_is_retried_when_the_link_is_back(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    from controlplane.errors import LinkLost
+
+    _, body = await _login(client, 1)
+    pbx = env.pbx["a"]
+    pbx.fail_adds = LinkLost("site a: AMI connection closed")
+    await env.mgr.on_event("a", pbx.emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    assert (await env.sessions.get(body["session_id"])).state != "cti_registered"  # type: ignore[union-attr]
+    pbx.fail_adds = None
+    await pbx.queue_add("sales-a", "PJSIP/2001", name="agent01/1")  # one add had gone through before the drop
+    await env.mgr.on_event("a", pbx.emit(EventKind.PBX_UP))
+    await env.mgr.drain()
+    assert (await env.sessions.get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
+    assert set(pbx.members["sales-a"]) == {"PJSIP/2001"} and set(pbx.members["vip-a"]) == {"PJSIP/2001"}

@@ -202,9 +202,13 @@ class SipTransport(asyncio.DatagramProtocol):
         self._sendto(msg if isinstance(msg, bytes) else msg.encode(), addr)
 
     def request(
-        self, msg: SipMessage, addr: Addr, on_provisional: Callable[[SipMessage], None] | None = None
+        self, msg: SipMessage, addr: Addr, on_provisional: Callable[[SipMessage], None] | None = None,
+        timeout: float | None = None,
     ) -> asyncio.Future[SipMessage]:
-        """Start a non-INVITE client transaction; the future gets the final response or :class:`SipTimeout`."""
+        """Start a non-INVITE client transaction; the future gets the final response or :class:`SipTimeout`.
+
+        ``timeout`` shortens Timer F for this transaction (a liveness probe wants an answer
+        within a second, not 32 s)."""
         branch = msg.top_branch
         if not branch:
             raise ValueError("request needs a Via with a branch")
@@ -213,7 +217,8 @@ class SipTransport(asyncio.DatagramProtocol):
         self._tx[branch] = tx
         self.send(tx.data, addr)
         tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
-        tx.give_up = self.clock.call_later(self.timers.timeout, lambda: self._timeout(branch, msg.method or ""))
+        limit = self.timers.timeout if timeout is None else timeout
+        tx.give_up = self.clock.call_later(limit, lambda: self._timeout(branch, msg.method or "", limit))
         return fut
 
     def _retransmit(self, branch: str) -> None:
@@ -226,7 +231,7 @@ class SipTransport(asyncio.DatagramProtocol):
         tx.interval = min(tx.interval * 2, self.timers.t2)
         tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
 
-    def _timeout(self, branch: str, method: str) -> None:
+    def _timeout(self, branch: str, method: str, limit: float) -> None:
         tx = self._tx.pop(branch, None)
         if tx is None:
             return
@@ -234,7 +239,7 @@ class SipTransport(asyncio.DatagramProtocol):
         self.stats.timeouts += 1
         if not tx.future.done():
             tx.future.set_exception(
-                SipTimeout(f"no final response to {method} from {tx.addr[0]}:{tx.addr[1]} in {self.timers.timeout} s")
+                SipTimeout(f"no final response to {method} from {tx.addr[0]}:{tx.addr[1]} in {limit} s")
             )
 
     @staticmethod

@@ -232,6 +232,38 @@ class PhoneLine:
         self.state = LineState.UNREGISTERED
         return self._emit(LineEventKind.UNREGISTERED, registrar, detail)
 
+    async def probe(self, limit_s: float) -> float:
+        """One OPTIONS to the current registrar; its round trip. Any final answer (even
+        401 or 404) proves the registrar alive; no answer within ``limit_s`` raises SipTimeout."""
+        if self.registrar is None:
+            raise ProtocolError(f"line {self.ext} has no registrar to probe")
+        host, port = self.registrar
+        lhost, lport = self.transport.local_addr
+        m = SipMessage(method="OPTIONS", uri=f"sip:{host}:{port}")
+        m.add("Via", f"SIP/2.0/UDP {lhost}:{lport};branch={new_branch()};rport")
+        m.add("Max-Forwards", "70")
+        m.add("From", f"<sip:{self.ext}@{host}>;tag={new_tag()}")
+        m.add("To", f"<sip:{host}:{port}>")
+        m.add("Call-ID", secrets.token_hex(12))
+        m.add("CSeq", "1 OPTIONS")
+        m.add("User-Agent", USER_AGENT)
+        started = self.transport.clock.time()
+        await self.transport.request(m, self.registrar, timeout=limit_s)
+        return self.transport.clock.time() - started
+
+    async def unregister_from(self, registrar: Addr) -> bool:
+        """Remove this line's contact at a registrar it has left (Expires: 0, a new Call-ID),
+        without touching the current registration. True if the registrar said 200."""
+        saved = (self.registrar, self._call_id, self._cseq)
+        self._call_id, self._cseq = secrets.token_hex(12), 0
+        try:
+            resp = await self._exchange(registrar, 0)
+            return resp.status == 200
+        except (SipTimeout, ProtocolError):
+            return False
+        finally:
+            self.registrar, self._call_id, self._cseq = saved
+
     def close(self) -> None:
         self._cancel_refresh()
         if self._refresh_task is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from controlplane.errors import LoginRefused, PbxError
+from controlplane.errors import LinkLost, LoginRefused, PbxCommandError, PbxError, PbxUnreachable
 from controlplane.login.authn import Authenticator
 from controlplane.login.decide import decide_site
 from controlplane.login.ports import AgentRecord, Directory
@@ -37,6 +37,7 @@ from controlplane.settings import Site, Topology
 log = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MEMBER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}/[0-9]+$")  # account/vaid: the members ccdr adds
 _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 # The login service's password profile: OWASP's minimum for argon2id (19 MiB, t=2, p=1),
 # ~20 ms a hash here. argon2-cffi's default (64 MiB, t=3, p=4) costs ~110 ms on 2 cores,
@@ -47,6 +48,16 @@ REHASH_INTERVAL_S = 0.2  # at most 5 upgrades a second per service: ~10 % of one
 _DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 
 Push = Callable[[str, dict[str, Any]], Awaitable[None]]  # (session id, message)
+
+
+async def _add_member(pbx: PbxClient, queue: str, iface: str, name: str, penalty: int) -> None:
+    """QueueAdd that accepts "already there": a retried CTI registration (after a link
+    drop) finds the members its first attempt added; the read-back checks the result."""
+    try:
+        await pbx.queue_add(queue, iface, name=name, penalty=penalty)
+    except PbxCommandError as exc:
+        if "already there" not in str(exc).lower():
+            raise
 
 
 def normalize_mac(raw: str) -> str | None:
@@ -155,10 +166,10 @@ class LoginManager:
             await self._end(sid, "failed")
             raise
         if replaced:
-            self._spawn(self._end(replaced, "replaced"))
+            self.spawn(self._end(replaced, "replaced"))
         self.pending[target.id].by_ext[line.extension] = sid
         if line.extension in self.registered[target.id]:
-            self._spawn(self._cti_register(target.id, line.extension))
+            self.spawn(self._cti_register(target.id, line.extension))
         log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
         payload = {
             "session_id": sid,
@@ -200,7 +211,7 @@ class LoginManager:
             # from a login storm right after an import. Skipped logins upgrade next time.
             self._next_rehash = now + REHASH_INTERVAL_S
             self._rehashing.add(rec.profile.account)
-            self._spawn(self._rehash(rec, password))
+            self.spawn(self._rehash(rec, password))
         return True
 
     async def _rehash(self, rec: AgentRecord, password: str) -> None:
@@ -232,7 +243,7 @@ class LoginManager:
 
     # --- CTI registration ------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[object]) -> None:
+    def spawn(self, coro: Awaitable[object]) -> None:
         t = asyncio.ensure_future(coro)
         self._cti_tasks.add(t)
         t.add_done_callback(self._cti_tasks.discard)
@@ -243,9 +254,12 @@ class LoginManager:
         if ev.kind is EventKind.PHONE_REGISTERED and ep:
             self.registered[site].add(ep)
             if ep in self.pending[site].by_ext:
-                self._spawn(self._cti_register(site, ep))
+                self.spawn(self._cti_register(site, ep))
         elif ev.kind is EventKind.PHONE_UNREGISTERED and ep:
             self.registered[site].discard(ep)
+        elif ev.kind is EventKind.PBX_UP:
+            for ext in [e for e in self.pending[site].by_ext if e in self.registered[site]]:
+                self.spawn(self._cti_register(site, ext))
 
     async def _cti_register(self, site: str, extension: str) -> None:
         sid = self.pending[site].by_ext.pop(extension, None)
@@ -257,13 +271,18 @@ class LoginManager:
         pbx = self.pbx[site]
         iface = f"PJSIP/{extension}"
         try:
-            await asyncio.gather(*(pbx.queue_add(q, iface, name=f"{s.account}/{s.vaid}", penalty=p)
-                                   for q, p in s.queues))
+            await asyncio.gather(*(_add_member(pbx, q, iface, f"{s.account}/{s.vaid}", p) for q, p in s.queues))
             members = await asyncio.gather(*(pbx.queue_status(q, member=iface) for q, _ in s.queues))
             missing = [q for (q, _), ms in zip(s.queues, members, strict=True)
                        if not any(m.interface == iface for m in ms)]
             if missing:
                 raise PbxError(f"queue read-back: {iface} missing from {', '.join(missing)}")
+        except (PbxUnreachable, LinkLost) as exc:
+            # The link dropped mid-way (a PBX restarting, an overloaded one): the session
+            # waits again and is retried when the link is back up (on_event, PBX_UP).
+            log.info("CTI registration of %s at %s postponed: %s", s.account, site, exc)
+            self.pending[site].by_ext.setdefault(extension, sid)
+            return
         except PbxError as exc:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
             await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
@@ -309,6 +328,30 @@ class LoginManager:
         for s in expired:
             await self._cleanup(s, "expired")
         return len(expired)
+
+    async def reconcile_site(self, site: str) -> int:
+        """Remove queue members ccdr added at ``site`` that no live session there owns.
+
+        After a site comes back (a healed cut, a thawed freeze, a restarted Asterisk that
+        kept its state), it still holds the members of agents that moved away while it was
+        unreachable: the split brain the shared notes warn of. Only members named like
+        ours (``account/vaid``) are touched; members added by hand are left alone."""
+        pbx = self.pbx.get(site)
+        if pbx is None or pbx.state is not LinkState.UP:
+            return 0
+        live = {(q, f"PJSIP/{s.extension}") for s in await self.sessions.all() if s.site == site
+                for q, _ in s.queues}
+        removed = 0
+        for m in await pbx.queue_status():
+            if MEMBER_NAME.match(m.name) and (m.queue, m.interface) not in live:
+                try:
+                    await pbx.queue_remove(m.queue, m.interface)
+                    removed += 1
+                except PbxError as exc:
+                    log.debug("reconcile %s: %s %s: %s", site, m.queue, m.interface, exc)
+        if removed:
+            log.info("site %s: removed %d queue members of agents no longer there", site, removed)
+        return removed
 
     async def heartbeat(self, sid: str) -> bool:
         return await self.sessions.heartbeat(sid, self.clock.now())

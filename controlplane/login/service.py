@@ -70,6 +70,8 @@ class LoginService:
         async def loop() -> None:
             async for ev in client.events():
                 await self.manager.on_event(site, ev)
+                if ev.kind is EventKind.PBX_UP and site == self.manager.site.id:
+                    self.manager.spawn(self.manager.reconcile_site(site))
                 if ev.kind in (EventKind.PBX_UP, EventKind.PBX_DOWN, EventKind.PBX_AUTH_FAILED):
                     await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
         return loop

@@ -1,0 +1,421 @@
+"""The agent's client: log in, register the phone line, wait for CTI, watch, and move.
+
+The reference design's client half, step for step:
+
+1. Log in at the local login service; if it does not answer (or answers 5xx), at the
+   next one in ``login_urls``.
+2. Register the phone line at the registrar the login reply names, open the session
+   channel (WebSocket) and wait for CTI registration ("cti registered" push). If either
+   fails, log in again at another login service.
+3. While ready, watch four signals: the login service's pushes of the site's PBX state,
+   the session channel itself, a SIP OPTIONS probe to the registrar, and the line's
+   registration refreshes. One failing signal only makes the agent *suspect*; a failure
+   is *confirmed* when two different signals have been failing together for
+   ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody).
+4. On a confirmed failure: log in at another site (which replaces the old session), then
+   log out / un-register at the old site where it still answers (in the background).
+
+Every transition is an :class:`AgentEvent` with a monotonic timestamp. Timings are data
+(:class:`AgentTimings`); the login reply's ``timings`` override the heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .sip.transport import SipTimeout, SipTransport
+from .sip.ua import Gate, LineEvent, LineEventKind, PhoneLine
+
+log = logging.getLogger(__name__)
+
+
+class Signal(enum.Enum):
+    PBX_STATE = "pbx_state"  # the login service says the site's PBX is down
+    SESSION_CHANNEL = "session_channel"  # the WebSocket to the login service is gone
+    LOGIN_SERVICE = "login_service"  # the login service does not accept a new connection
+    SIP_PROBE = "sip_probe"  # OPTIONS to the registrar unanswered
+    REGISTRATION = "registration"  # a registration refresh failed
+
+
+class AgentState(enum.Enum):
+    IDLE = "idle"
+    LOGGING_IN = "logging_in"
+    REGISTERING = "registering"
+    AWAITING_CTI = "awaiting_cti"
+    READY = "ready"
+    SUSPECT = "suspect"
+    MOVING = "moving"
+    REFUSED = "refused"  # bad credentials or unknown MAC: retrying would not help
+    LOGGED_OUT = "logged_out"
+
+
+@dataclass(frozen=True)
+class AgentTimings:
+    login_timeout_s: float = 3.0
+    cti_timeout_s: float = 20.0
+    sip_probe_interval_s: float = 0.5
+    sip_probe_timeout_s: float = 1.0
+    #: two different signals failing together this long confirm a failure
+    confirm_hold_s: float = 0.5
+    register_expires: int = 120
+    #: pause before trying the login services again when none answered
+    retry_s: float = 1.0
+    #: the session channel's server heartbeats may be this many intervals late
+    heartbeat_misses: float = 2.5
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    at: float
+    state: AgentState
+    site: str | None = None
+    detail: str = ""
+
+
+class FailureDetector:
+    """Confirmation by two different signals: each signal is failing or not; a failure is
+    confirmed once at least two different ones have been failing together for ``hold_s``."""
+
+    def __init__(self, hold_s: float, now: Callable[[], float]) -> None:
+        self.hold_s = hold_s
+        self.now = now
+        self.failing: dict[Signal, float] = {}
+        self._two_since: float | None = None
+
+    def fail(self, sig: Signal) -> None:
+        self.failing.setdefault(sig, self.now())
+        if len(self.failing) >= 2 and self._two_since is None:
+            self._two_since = self.now()
+
+    def ok(self, sig: Signal) -> None:
+        self.failing.pop(sig, None)
+        if len(self.failing) < 2:
+            self._two_since = None
+
+    @property
+    def suspect(self) -> bool:
+        return bool(self.failing)
+
+    def confirmed(self) -> bool:
+        return self._two_since is not None and self.now() - self._two_since >= self.hold_s
+
+    def reset(self) -> None:
+        self.failing.clear()
+        self._two_since = None
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass
+class _Session:
+    url: str
+    body: dict[str, Any]
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    cti: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    last_server_hb: float = 0.0
+
+    @property
+    def site(self) -> str:
+        return str(self.body["site"])
+
+
+class Agent:
+    def __init__(
+        self,
+        account: str,
+        password: str,
+        mac: str,
+        login_urls: Sequence[str],
+        transport: SipTransport,
+        http: aiohttp.ClientSession,
+        *,
+        timings: AgentTimings | None = None,
+        gate: Gate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Agent, AgentEvent], None] | None = None,
+    ) -> None:
+        if not login_urls:
+            raise ValueError("login_urls: at least one login service")
+        self.account = account
+        self._password = password  # never logged
+        self.mac = mac
+        self.login_urls = [u.rstrip("/") for u in login_urls]
+        self.transport = transport
+        self.http = http
+        self.timings = timings or AgentTimings()
+        self.gate = gate
+        self.clock = clock
+        self.on_event = on_event
+        self.state = AgentState.IDLE
+        self.site: str | None = None
+        self.events: list[AgentEvent] = []
+        self.line: PhoneLine | None = None
+        self.session: _Session | None = None
+        self.detector = FailureDetector(self.timings.confirm_hold_s, clock)
+        self._stopping = False
+        self._probe_sent = self._probe_seen = 0
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"Agent({self.account!r}, {self.state.value}, site={self.site})"
+
+    # -- events ------------------------------------------------------------------
+    def _to(self, state: AgentState, detail: str = "") -> None:
+        self.state = state
+        ev = AgentEvent(self.clock(), state, self.site, detail)
+        self.events.append(ev)
+        if self.on_event is not None:
+            self.on_event(self, ev)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        t = asyncio.ensure_future(coro)
+        t.set_name(name)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    # -- the main loop -------------------------------------------------------------
+    async def run(self) -> None:
+        """Log in and stay logged in somewhere until :meth:`stop`. Run it as a task."""
+        order = list(self.login_urls)
+        try:
+            while not self._stopping:
+                try:
+                    sess = await self._login(order)
+                except _Refused as exc:
+                    self._to(AgentState.REFUSED, str(exc))
+                    return
+                if sess is None:
+                    await asyncio.sleep(self.timings.retry_s)
+                    continue
+                if not await self._establish(sess):
+                    order = self._others_first(sess.url)
+                    await self._leave(sess, "not established")
+                    continue
+                why = await self._watch(sess)
+                if self._stopping:
+                    return
+                self._to(AgentState.MOVING, why)
+                order = self._others_first(sess.url)
+                await self._leave(sess, why)
+        finally:
+            if self.session is not None and self.session.ws is not None:
+                await self.session.ws.close()
+
+    def _others_first(self, url: str) -> list[str]:
+        return [u for u in self.login_urls if u != url] + [url]
+
+    async def _login(self, order: list[str]) -> _Session | None:
+        self._to(AgentState.LOGGING_IN)
+        for url in order:
+            try:
+                async with asyncio.timeout(self.timings.login_timeout_s):
+                    async with self.http.post(f"{url}/v1/login", json={
+                            "account": self.account, "password": self._password, "mac": self.mac}) as r:
+                        body = await r.json(content_type=None)
+                        status = r.status
+            except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+                self._to(AgentState.LOGGING_IN, f"{url}: {type(exc).__name__}")
+                continue
+            if status == 200:
+                self.site = str(body["site"])
+                return _Session(url, body)
+            code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
+            if code in ("bad_credentials", "unknown_mac", "bad_request"):
+                raise _Refused(f"{url}: {code}")
+            self._to(AgentState.LOGGING_IN, f"{url}: {status} {code}")
+        return None
+
+    async def _establish(self, sess: _Session) -> bool:
+        """Register the line and wait for CTI registration; False if either fails."""
+        self.session = sess
+        self.detector.reset()
+        b = sess.body
+        ext, sip = str(b["extension"]), b["sip"]
+        if self.line is None or self.line.ext != ext:
+            if self.line is not None:
+                self.line.close()
+            self.line = PhoneLine(self.transport, ext, str(sip["password"]), gate=self.gate)
+            self.line.listeners.append(self._on_line)
+        old = self.line.registrar
+        registrar = (str(b["registrar"]["host"]), int(b["registrar"]["port"]))
+        self._to(AgentState.REGISTERING, f"{registrar[0]}:{registrar[1]}")
+        if old is not None and old != registrar:
+            # The contact at the site we left: removed where that site still answers.
+            self._spawn(self.line.unregister_from(old), f"unregister-{self.account}")
+        try:
+            await self._open_channel(sess)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._to(AgentState.REGISTERING, f"session channel: {type(exc).__name__}")
+            return False
+        ev = await self.line.register(registrar, self.timings.register_expires)
+        if ev.kind is not LineEventKind.REGISTERED:
+            self._to(AgentState.REGISTERING, f"registration failed: {ev.detail}")
+            return False
+        self._to(AgentState.AWAITING_CTI)
+        try:
+            async with asyncio.timeout(self.timings.cti_timeout_s):
+                await sess.cti.wait()
+        except TimeoutError:
+            self._to(AgentState.AWAITING_CTI, "no CTI registration")
+            return False
+        self._to(AgentState.READY)
+        return True
+
+    async def _open_channel(self, sess: _Session) -> None:
+        b = sess.body
+        async with asyncio.timeout(self.timings.login_timeout_s):
+            sess.ws = await self.http.ws_connect(f"{sess.url}/v1/session/{b['session_id']}/ws?token={b['token']}",
+                                                 heartbeat=None)
+        sess.last_server_hb = self.clock()
+        self._spawn(self._read_channel(sess, sess.ws), f"ws-{self.account}")
+
+    async def _read_channel(self, sess: _Session, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            kind = data.get("type")
+            sess.last_server_hb = self.clock()
+            if kind == "hello" and data.get("cti") == "cti_registered":
+                sess.cti.set()
+            elif kind == "cti" and data.get("state") == "registered":
+                sess.cti.set()
+            elif kind == "pbx" and data.get("site") == sess.site:
+                if data.get("state") == "up":
+                    self.detector.ok(Signal.PBX_STATE)
+                else:
+                    self.detector.fail(Signal.PBX_STATE)
+            elif kind == "hello":
+                if (data.get("pbx") or {}).get(sess.site, "up") != "up":
+                    self.detector.fail(Signal.PBX_STATE)
+            elif kind == "session" and data.get("state") == "ended":
+                sess.ended.set()
+        if self.session is sess:
+            self.detector.fail(Signal.SESSION_CHANNEL)
+
+    def _on_line(self, ev: LineEvent) -> None:
+        if self.state not in (AgentState.READY, AgentState.SUSPECT):
+            return
+        if ev.kind is LineEventKind.REGISTRATION_FAILED:
+            self.detector.fail(Signal.REGISTRATION)
+        elif ev.kind is LineEventKind.REGISTERED:
+            self.detector.ok(Signal.REGISTRATION)
+
+    async def _watch(self, sess: _Session) -> str:
+        """Until a confirmed failure (its description) or the session ends."""
+        t = self.timings
+        hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
+        next_probe = next_hb = self.clock()
+        reconnecting: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping:
+                now = self.clock()
+                if sess.ended.is_set():
+                    return "session ended by the login service"
+                if self.detector.confirmed():
+                    return "confirmed: " + ", ".join(s.value for s in self.detector.failing)
+                want = AgentState.SUSPECT if self.detector.suspect else AgentState.READY
+                if want is not self.state:
+                    self._to(want, ", ".join(s.value for s in self.detector.failing))
+                if now >= next_probe:
+                    next_probe = now + t.sip_probe_interval_s
+                    self._spawn(self._probe(), f"probe-{self.account}")
+                ws = sess.ws
+                if ws is not None and not ws.closed and now >= next_hb:
+                    next_hb = now + hb
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_json({"type": "heartbeat"})
+                if ws is not None and not ws.closed and now - sess.last_server_hb > t.heartbeat_misses * hb:
+                    self.detector.fail(Signal.SESSION_CHANNEL)
+                if (ws is None or ws.closed) and (reconnecting is None or reconnecting.done()):
+                    self.detector.fail(Signal.SESSION_CHANNEL)
+                    reconnecting = asyncio.create_task(self._reconnect(sess))
+                await asyncio.sleep(0.05)
+            return "stopped"
+        finally:
+            if reconnecting is not None:
+                reconnecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconnecting
+
+    async def _probe(self) -> None:
+        line = self.line
+        if line is None or line.registrar is None:
+            return
+        self._probe_sent += 1
+        seq = self._probe_sent
+        try:
+            await line.probe(self.timings.sip_probe_timeout_s)
+            ok = True
+        except SipTimeout:
+            ok = False
+        # Probes overlap (one every interval, each waiting up to its timeout): a late
+        # timeout of an older probe must not undo what a newer one already showed.
+        if seq < self._probe_seen:
+            return
+        self._probe_seen = seq
+        if ok:
+            self.detector.ok(Signal.SIP_PROBE)
+        else:
+            self.detector.fail(Signal.SIP_PROBE)
+
+    async def _reconnect(self, sess: _Session) -> None:
+        """The session channel dropped: the login service accepting a new one clears both
+        channel signals; refusing it is the second, different signal."""
+        try:
+            await self._open_channel(sess)
+        except (aiohttp.ClientError, TimeoutError):
+            self.detector.fail(Signal.LOGIN_SERVICE)
+            await asyncio.sleep(0.5)
+            return
+        self.detector.ok(Signal.LOGIN_SERVICE)
+        self.detector.ok(Signal.SESSION_CHANNEL)
+
+    async def _leave(self, sess: _Session, why: str) -> None:
+        """Close the channel now; log out at the old service in the background (where it
+        still answers). The next login replaces the old session anyway."""
+        if sess.ws is not None:
+            await sess.ws.close()
+        if self.session is sess:
+            self.session = None
+        b = sess.body
+
+        async def logout() -> None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(self.timings.login_timeout_s):
+                    async with self.http.post(f"{sess.url}/v1/logout", json={
+                            "session_id": b["session_id"], "token": b["token"]}) as r:
+                        await r.read()
+        self._spawn(logout(), f"logout-{self.account}")
+
+    # -- stop --------------------------------------------------------------------
+    async def stop(self, logout: bool = True) -> None:
+        """Log out (if asked and possible), un-register the line, end background work."""
+        self._stopping = True
+        sess = self.session
+        if logout and sess is not None:
+            await self._leave(sess, "logout")
+        if self.line is not None and self.line.registrar is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.line.unregister()
+        for t in list(self._bg):
+            if not t.get_name().startswith("logout-"):
+                t.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+        if self.line is not None:
+            self.line.close()
+        self._to(AgentState.LOGGED_OUT)

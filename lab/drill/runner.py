@@ -1,0 +1,384 @@
+"""Run a drill against the native lab: real Asterisk, real login services, real phones.
+
+1. The lab up with at least N phones per site; a scratch database with N agents, each with
+   a phone that has a line at both sites; a scratch Redis database.
+2. Both sites' login services as separate processes (``ccdr login serve``).
+3. N agents (:mod:`agent_client.agent`) in this process, on one SIP socket, log in at the
+   home site and become ready (phone registered, queue membership confirmed).
+4. The scenario's faults at their times, while agents-ready-per-site is sampled every
+   0.1 s; the agents notice and move on their own.
+5. Verification through AMI: each agent's phone registered and queue member at the site
+   its client is at; then the lab is put back (start, thaw, heal, login services) and no
+   agent may be a queue member at both sites.
+6. The report, and everything torn down (logouts, un-registrations, the scratch stores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+import yaml
+
+from agent_client.agent import Agent, AgentState, AgentTimings
+from agent_client.sip.fleet import TokenBucket
+from agent_client.sip.transport import SipTransport
+from controlplane.inventory.importer import IMPORT_HASHER, import_files
+from controlplane.inventory.migrate import migrate
+from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.base import LinkState
+from controlplane.settings import load_topology
+from lab import manager
+from lab.drill.scenario import Fault, Scenario
+from lab.layout import FIRST_EXTENSION, HOST_ADDRESS, phone_password
+
+Progress = Callable[[str, int, int], None]
+ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_DB = 14
+LOGIN_PORTS = {"a": 18281, "b": 18282}
+QUEUES = ("sales", "support")
+READY = (AgentState.READY, AgentState.SUSPECT)
+
+
+def mac(i: int) -> str:
+    return f"02:02:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00"
+
+
+def queue_of(i: int) -> str:
+    return QUEUES[i % 2]
+
+
+def _inventory(n: int, path: Path) -> None:
+    h = IMPORT_HASHER.hash("pw")
+    doc: dict[str, Any] = {
+        "regions": ["east", "west"],
+        "sites": [{"id": "a", "region": "east"}, {"id": "b", "region": "west"}],
+        "systems": ["cards"],
+        "skill_groups": [{"id": q, "queues": {"a": q, "b": q}} for q in QUEUES],
+        "agents": [{"account": f"drill{i:05d}", "password_hash": h, "system": "cards", "home_region": "east",
+                    "skills": {queue_of(i): 0}} for i in range(n)],
+        "devices": [{"mac": mac(i), "model": "yealink-t46",
+                     "lines": {s: {"extension": str(FIRST_EXTENSION + i), "sip_username": str(FIRST_EXTENSION + i),
+                                   "sip_password": phone_password(FIRST_EXTENSION + i)} for s in ("a", "b")}}
+                    for i in range(n)],
+        "virtual_agent_ids": {"from": 1, "to": 2 * n},
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _spawn_login(sid: str, topology: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from controlplane.cli.main import cli; cli()", "login", "serve",
+             "--site", sid, "--topology", str(topology)],
+            env=dict(os.environ, CCDR_ADMIN_TOKEN=secrets.token_hex(8)), stderr=log, stdout=log)
+
+
+class Drill:
+    def __init__(self, sc: Scenario, timings: AgentTimings | None = None, progress: Progress | None = None) -> None:
+        self.sc = sc
+        self.timings = timings or AgentTimings()
+        self.progress = progress or (lambda stage, done, total: None)
+        self.tmp = Path(tempfile.mkdtemp(prefix="ccdr-drill-"))
+        self.db = f"ccdr_drill_{secrets.token_hex(4)}"
+        self.dsn = ADMIN_PG.rsplit("/", 1)[0] + "/" + self.db
+        self.services: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: list[Agent] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.broken: dict[str, set[str]] = {"a": set(), "b": set()}
+        self.applied: list[dict[str, Any]] = []
+        self.t0 = 0.0
+
+    # -- set-up ----------------------------------------------------------------------
+    async def prepare(self) -> None:
+        n = self.sc.agents
+        self.progress("lab up", 0, 1)
+        phones = max(n, manager.LabState.load().phones)
+        await asyncio.to_thread(manager.up, phones)
+        admin = await asyncpg.connect(ADMIN_PG)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.db}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await migrate(conn)
+            _inventory(n, self.tmp / "inventory.yaml")
+            await import_files(conn, [self.tmp / "inventory.yaml"])
+        finally:
+            await conn.close()
+        r = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+        await r.flushdb()
+        await r.aclose()
+        topo = yaml.safe_load(manager.TOPOLOGY_FILE.read_text())
+        topo["postgres"] = {"dsn": self.dsn}
+        topo["redis"] = {"url": f"redis://127.0.0.1:6379/{REDIS_DB}"}
+        for s in topo["sites"]:
+            s["login_url"] = f"http://127.0.0.1:{LOGIN_PORTS[s['id']]}"
+        self.topology = self.tmp / "topology.yaml"
+        self.topology.write_text(yaml.safe_dump(topo))
+        for sid in ("a", "b"):
+            await self.start_login(sid)
+
+    async def start_login(self, sid: str) -> None:
+        old = self.services.get(sid)
+        if old is not None and old.poll() is None:
+            return
+        self.services[sid] = _spawn_login(sid, self.topology, self.tmp / f"login-{sid}.log")
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{LOGIN_PORTS[sid]}/status") as r:
+                        if r.status == 200:
+                            return
+                if self.services[sid].poll() is not None:
+                    break
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"login service {sid} did not come up; see {self.tmp}/login-{sid}.log")
+
+    def stop_login(self, sid: str) -> None:
+        p = self.services.get(sid)
+        if p is not None and p.poll() is None:
+            p.kill()  # a crash, not a clean shutdown
+            p.wait(10)
+
+    # -- faults ----------------------------------------------------------------------
+    async def apply(self, f: Fault) -> None:
+        at = time.monotonic() - self.t0 if self.t0 else 0.0
+        self.applied.append({"at": round(at, 3), "action": f.action, "site": f.site})
+        if f.action == "stop_login":
+            self.stop_login(f.site)
+            self.broken[f.site].add("login")
+        elif f.action == "start_login":
+            await self.start_login(f.site)
+            self.broken[f.site].discard("login")
+        else:
+            await asyncio.to_thread(getattr(manager, f.action), f.site)
+            undo = {"kill": "start", "freeze": "thaw", "cut": "heal"}
+            if f.action in undo:
+                self.broken[f.site].add(f.action)
+            else:
+                self.broken[f.site] -= {k for k, v in undo.items() if v == f.action}
+
+    async def restore(self) -> None:
+        for sid, what in self.broken.items():
+            for action in sorted(what):
+                fix = {"kill": "start", "freeze": "thaw", "cut": "heal", "login": "start_login"}[action]
+                await self.apply(Fault(0, fix, sid))
+
+    # -- the run ---------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        sc = self.sc
+        await self.prepare()
+        transport = await SipTransport.open(HOST_ADDRESS, 0)
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        bucket = TokenBucket(1500, 50, transport.clock.time)
+        urls = [f"http://127.0.0.1:{LOGIN_PORTS[s]}" for s in (sc.home, sc.other)]
+        try:
+            for f in sc.before_login:
+                await self.apply(f)
+            self.agents = [Agent(f"drill{i:05d}", "pw", mac(i), urls, transport, http, timings=self.timings,
+                                 gate=bucket.acquire) for i in range(sc.agents)]
+            self.tasks = [asyncio.create_task(a.run(), name=f"agent-{a.account}") for a in self.agents]
+            deadline = time.monotonic() + 60 + sc.agents / 100
+            while time.monotonic() < deadline:
+                ready = sum(1 for a in self.agents if a.state in READY)
+                self.progress("agents logging in", ready, sc.agents)
+                if ready == sc.agents:
+                    break
+                await asyncio.sleep(0.2)
+            initial = {a.account: a.site for a in self.agents}
+            ready_before = sum(1 for a in self.agents if a.state in READY)
+            self.t0 = time.monotonic()
+            samples: list[dict[str, Any]] = []
+
+            async def sample() -> None:
+                while True:
+                    counts = {"a": 0, "b": 0}
+                    for a in self.agents:
+                        if a.state in READY and a.site in counts:
+                            counts[a.site] += 1
+                    samples.append({"t": round(time.monotonic() - self.t0, 2), "ready": counts})
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.create_task(sample())
+            for f in sc.faults:
+                delay = self.t0 + f.at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self.apply(f)
+            end = self.t0 + sc.observe_s
+            while time.monotonic() < end:
+                self.progress("observing", int(time.monotonic() - self.t0), int(sc.observe_s))
+                await asyncio.sleep(0.2)
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            verified = await self.verify()
+            await self.restore()
+            both = await self.at_both_sites()
+            return self.report(initial, ready_before, samples, verified, both)
+        finally:
+            await self.teardown(transport, http)
+
+    async def _clients(self) -> dict[str, AsteriskClient]:
+        topo = load_topology(self.topology)
+        out = {}
+        for s in topo.sites:
+            assert s.ami is not None
+            c = AsteriskClient(s.id, s.ami, topo.timings)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.start(), 10)
+            out[s.id] = c
+        return out
+
+    async def _members(self, c: AsteriskClient) -> set[tuple[str, str]]:
+        return {(m.queue, m.interface) for q in QUEUES for m in await c.queue_status(q)}
+
+    async def verify(self) -> set[str]:
+        """Accounts whose phone is registered and whose membership is read back, through
+        AMI, at the site their client says it is at."""
+        clients = await self._clients()
+        try:
+            seen: dict[str, tuple[set[str], set[tuple[str, str]]]] = {}
+            for sid, c in clients.items():
+                if c.state is not LinkState.UP:
+                    continue
+                contacts = {ct.endpoint.split("/")[0] for ct in await c.contacts(timeout_s=30)}
+                seen[sid] = (contacts, await self._members(c))
+            ok = set()
+            for i, a in enumerate(self.agents):
+                ext = str(FIRST_EXTENSION + i)
+                if a.state not in READY or a.site not in seen:
+                    continue
+                contacts, members = seen[a.site]
+                if ext in contacts and (queue_of(i), f"PJSIP/{ext}") in members:
+                    ok.add(a.account)
+            return ok
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    async def at_both_sites(self) -> int:
+        """After the lab is put back: agents that are queue members at both sites (the
+        healed site must have been cleaned up), waiting up to 20 s for that to settle."""
+        deadline = time.monotonic() + 20
+        both = -1
+        while time.monotonic() < deadline:
+            clients = await self._clients()
+            try:
+                if all(c.state is LinkState.UP for c in clients.values()):
+                    ms = {sid: {iface for _, iface in await self._members(c)} for sid, c in clients.items()}
+                    both = len(ms["a"] & ms["b"])
+                    if both == 0:
+                        return 0
+            finally:
+                for c in clients.values():
+                    await c.close()
+            await asyncio.sleep(1)
+        return both if both >= 0 else self.sc.agents
+
+    def report(self, initial: dict[str, str | None], ready_before: int, samples: list[dict[str, Any]],
+               verified: set[str], both: int) -> dict[str, Any]:
+        sc = self.sc
+        recov: list[float] = []
+        detect: list[float] = []
+        moved = 0
+        for a in self.agents:
+            after = [e for e in a.events if e.at >= self.t0]
+            sus = next((e for e in after if e.state in (AgentState.SUSPECT, AgentState.MOVING)), None)
+            if sus is not None:
+                detect.append(sus.at - self.t0)
+            if a.site != initial[a.account] and a.state in READY:
+                moved += 1
+                last_ready = next((e for e in reversed(after) if e.state is AgentState.READY), None)
+                if last_ready is not None:
+                    recov.append(last_ready.at - self.t0)
+        lost = sc.agents - len(verified)
+        checks: list[dict[str, Any]] = []
+        exp = sc.expect
+        if "lost_agents" in exp:
+            checks.append({"name": "lost_agents", "expected": f"<= {exp['lost_agents']}", "actual": lost,
+                           "ok": lost <= exp["lost_agents"]})
+        if "agents_at_both_sites" in exp:
+            checks.append({"name": "agents_at_both_sites", "expected": f"<= {exp['agents_at_both_sites']}",
+                           "actual": both, "ok": both <= exp["agents_at_both_sites"]})
+        if "max_recovery_s" in exp:
+            mx = max(recov) if recov else 0.0
+            checks.append({"name": "max_recovery_s", "expected": f"<= {exp['max_recovery_s']}",
+                           "actual": round(mx, 3), "ok": mx <= exp["max_recovery_s"]})
+        if "moved" in exp:
+            want = {"all": sc.agents, "none": 0}.get(exp["moved"], exp["moved"])
+            checks.append({"name": "moved", "expected": want, "actual": moved, "ok": moved == want})
+        checks.insert(0, {"name": "ready before the first fault", "expected": sc.agents, "actual": ready_before,
+                          "ok": ready_before == sc.agents})
+        return {
+            "scenario": sc.name,
+            "agents": sc.agents,
+            "ready_before_fault": ready_before,
+            "lost_agents": lost,
+            "agents_at_both_sites": both,
+            "moved_agents": moved,
+            "final_sites": {s: sum(1 for a in self.agents if a.site == s and a.state in READY) for s in ("a", "b")},
+            "recovery_s": {"p50": round(pct(recov, .5), 3), "p95": round(pct(recov, .95), 3),
+                           "max": round(max(recov), 3) if recov else 0.0,
+                           "mean": round(statistics.mean(recov), 3) if recov else 0.0},
+            "first_suspicion_s": {"p50": round(pct(detect, .5), 3), "min": round(min(detect), 3) if detect else 0.0},
+            "recovery_times": [round(x, 3) for x in sorted(recov)],
+            "faults": self.applied,
+            "timeline": samples,
+            "expectations": checks,
+            "passed": all(c["ok"] for c in checks),
+        }
+
+    async def teardown(self, transport: SipTransport, http: aiohttp.ClientSession) -> None:
+        with contextlib.suppress(Exception):
+            await self.restore()
+        await asyncio.gather(*(a.stop() for a in self.agents), return_exceptions=True)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await http.close()
+        transport.close()
+        for p in self.services.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.services.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        r = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+        await r.flushdb()
+        await r.aclose()
+        admin = await asyncpg.connect(ADMIN_PG)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def run_drill(sc: Scenario, timings: AgentTimings | None = None, progress: Progress | None = None
+                    ) -> dict[str, Any]:
+    return await Drill(sc, timings, progress).run()
