@@ -164,7 +164,7 @@ async def main(n: int, conc: int) -> None:
                 confirmed = sum(1 for s in sess if s["state"] == "cti_registered")
                 if confirmed == n:
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)
             t_cti = time.perf_counter() - t_start
             # Read back through AMI at each site: every agent a member where it logged in.
             lt = load_topology(tmp / "topology.yaml")

@@ -36,6 +36,8 @@ MODULES = (
     "func_pjsip_endpoint.so", "func_pjsip_contact.so",
     "app_queue.so", "app_dial.so", "app_playback.so", "app_echo.so", "app_stack.so",
     "app_verbose.so", "pbx_config.so",
+    # The rendered routing dialplan reports each decision with UserEvent (docs/routing.md).
+    "app_userevent.so",
     "func_rand.so", "func_logic.so", "func_strings.so", "func_channel.so",
     "func_callerid.so", "func_devstate.so", "func_cut.so", "func_global.so",
     "codec_ulaw.so", "codec_alaw.so", "format_wav.so", "format_pcm.so",

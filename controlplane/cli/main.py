@@ -13,12 +13,14 @@ import click
 from controlplane import __version__
 from controlplane.cli.config import config
 from controlplane.cli.db import db
+from controlplane.cli.drill import drill
 from controlplane.cli.events import events
 from controlplane.cli.events_live import record, tail
 from controlplane.cli.inventory import inventory
 from controlplane.cli.lab import lab
 from controlplane.cli.login import login
 from controlplane.cli.provision import provision
+from controlplane.cli.render import render
 
 
 @click.group()
@@ -38,4 +40,6 @@ cli.add_command(lab)
 cli.add_command(db)
 cli.add_command(inventory)
 cli.add_command(login)
+cli.add_command(drill)
+cli.add_command(render)
 cli.add_command(provision)

@@ -11,7 +11,7 @@ faults:
   - {at: 0, action: kill, site: a}                                  # seconds after all are ready
   - {at: 0, action: blip, site: a, seconds: 1, count: 20, every: 2}  # cut/heal pairs
 observe_s: 15                  # watch this long after the first fault
-expect: {lost_agents: 0, agents_at_both_sites: 0, max_recovery_s: 3, moved: all}
+expect: {lost_agents: 0, agents_at_both_sites: 0, max_recovery_s: 3, moved: all, ready_at: {b: 200}}
 ```
 """
 
@@ -27,7 +27,7 @@ from controlplane.errors import ConfigError
 
 ACTIONS = ("kill", "freeze", "thaw", "start", "cut", "heal", "stop_login", "start_login", "blip")
 SITES = ("a", "b")
-EXPECTATIONS = ("lost_agents", "agents_at_both_sites", "max_recovery_s", "moved")
+EXPECTATIONS = ("lost_agents", "agents_at_both_sites", "max_recovery_s", "moved", "ready_at")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,10 @@ def parse_scenario(doc: Any, source: str = "scenario") -> Scenario:
     for k, v in expect.items():
         if k not in EXPECTATIONS:
             problems.append(f"expect.{k}: unknown (known: {', '.join(EXPECTATIONS)})")
+        elif k == "ready_at":
+            if not isinstance(v, dict) or any(x not in SITES or not isinstance(n, int) or isinstance(n, bool)
+                                              for x, n in v.items()):
+                problems.append(f"expect.ready_at: must map sites to agent counts, got {v!r}")
         elif k == "moved":
             if v not in ("all", "none") and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
                 problems.append(f"expect.moved: must be all, none or a count, got {v!r}")

@@ -1,0 +1,87 @@
+"""Failover, end to end: from `kill -9` of site a's Asterisk to the last agent verified at
+site b (phone registered and queue member, read back through AMI), for N agents; and, in
+the same run, the lab's raw limit: a plain script that re-registers the same phones at b
+and adds the same queue members there, with no ccdr in between.
+
+Per N it prints: detection (fault to first suspicion), confirmation (fault to first move),
+per-agent recovery p50/p95/max, the re-homing phase (first move to last agent ready) and
+the raw limit's time for the same work, and their ratio.
+
+Run as root with the lab up:  python bench/failover/bench_failover.py 1000 5000 10000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from agent_client.agent import AgentState
+from agent_client.sip.fleet import FleetSettings, PhoneFleet
+from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.settings import load_topology
+from lab import manager
+from lab.drill.runner import QUEUES, Drill, queue_of
+from lab.drill.scenario import Fault, Scenario
+from lab.layout import FIRST_EXTENSION, HOST_ADDRESS, phone_password
+
+
+async def raw_limit(n: int) -> tuple[float, float, float]:
+    """Register phones 1..n at b and add their members there, as fast as the lab takes
+    it (same REGISTER rate limit as the agents' fleet), then remove everything."""
+    topo = load_topology(manager.TOPOLOGY_FILE)
+    b = topo.site("b")
+    assert b.ami is not None
+    exts = [str(FIRST_EXTENSION + i) for i in range(n)]
+    fleet = await PhoneFleet.open(exts, password=lambda e: phone_password(int(e)), host=HOST_ADDRESS,
+                                  settings=FleetSettings(register_rate=1500, burst=50, expires=120))
+    ami = AsteriskClient("b", b.ami, topo.timings)
+    await ami.start()
+    try:
+        t0 = time.perf_counter()
+        rep = await fleet.register_all((b.sip.host, b.sip.port))
+        t_reg = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        await asyncio.gather(*(ami.queue_add(queue_of(i), f"PJSIP/{e}", name=f"raw/{i}") for i, e in enumerate(exts)))
+        members = {m.interface for q in QUEUES for m in await ami.queue_status(q)}
+        t_add = time.perf_counter() - t1
+        assert rep.registered == n and all(f"PJSIP/{e}" in members for e in exts), "raw limit incomplete"
+        total = time.perf_counter() - t0
+        await asyncio.gather(*(ami.queue_remove(queue_of(i), f"PJSIP/{e}") for i, e in enumerate(exts)))
+        await fleet.unregister_all()
+        return t_reg, t_add, total
+    finally:
+        await ami.close()
+        fleet.close()
+
+
+async def one(n: int) -> None:
+    sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
+                  observe_s=max(15.0, n / 400), expect={"lost_agents": 0})
+    d = Drill(sc)
+    rep = await d.run()
+    moves = [next((e.at for e in a.events if e.at >= d.t0 and e.state is AgentState.MOVING), None) for a in d.agents]
+    moves_ = [m - d.t0 for m in moves if m is not None]
+    first_move = min(moves_) if moves_ else float("nan")
+    last_ready = rep["recovery_s"]["max"]
+    rehoming = last_ready - first_move
+    t_reg, t_add, raw = await raw_limit(n)
+    r = rep["recovery_s"]
+    print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"
+          f" at both {rep['agents_at_both_sites']}"
+          f" | first suspicion {rep['first_suspicion_s']['min']:.2f} s, first move (confirmed) {first_move:.2f} s"
+          f" | recovery p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s"
+          f" | re-homing phase {rehoming:.2f} s vs raw {raw:.2f} s (register {t_reg:.2f} + add {t_add:.2f})"
+          f" = {raw / rehoming * 100 if rehoming > 0 else float('nan'):.0f} % of raw speed", flush=True)
+
+
+async def main(ns: list[int]) -> None:
+    for n in ns:
+        await one(n)
+
+
+if __name__ == "__main__":
+    asyncio.run(main([int(x) for x in sys.argv[1:]] or [1000]))

@@ -1,0 +1,116 @@
+"""Drill scenarios, reports and the client's failure confirmation, without the lab."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from agent_client.agent import FailureDetector, Signal
+from controlplane.errors import ConfigError
+from lab.drill.report import write
+from lab.drill.scenario import load_scenario, parse_scenario
+
+DRILLS = Path(__file__).resolve().parent.parent / "lab" / "drills"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_one_signal_never_confirms() -> None:
+    c = Clock()
+    d = FailureDetector(0.5, c)
+    d.fail(Signal.SIP_PROBE)
+    c.t += 60
+    assert d.suspect and not d.confirmed()
+
+
+def test_two_different_signals_confirm_after_the_hold() -> None:
+    c = Clock()
+    d = FailureDetector(0.5, c)
+    d.fail(Signal.PBX_STATE)
+    d.fail(Signal.PBX_STATE)  # the same signal twice is still one signal
+    c.t += 0.4
+    d.fail(Signal.SIP_PROBE)
+    c.t += 0.49
+    assert not d.confirmed()
+    c.t += 0.02
+    assert d.confirmed()
+
+
+def test_a_blip_that_clears_within_the_hold_confirms_nothing() -> None:
+    c = Clock()
+    d = FailureDetector(0.5, c)
+    d.fail(Signal.PBX_STATE)
+    d.fail(Signal.SIP_PROBE)
+    c.t += 0.3
+    d.ok(Signal.SIP_PROBE)  # the network came back
+    c.t += 1.0
+    assert not d.confirmed()
+    d.fail(Signal.SIP_PROBE)  # a new blip starts the hold again
+    c.t += 0.3
+    assert not d.confirmed()
+
+
+def test_shipped_scenarios_load_one_per_fault_kind() -> None:
+    kinds = set()
+    for f in sorted(DRILLS.glob("*.yaml")):
+        sc = load_scenario(f)
+        kinds |= {x.action for x in sc.faults + sc.before_login}
+    assert {"kill", "freeze", "cut", "stop_login"} <= kinds
+
+
+def test_blip_expands_into_cut_heal_pairs() -> None:
+    sc = parse_scenario({"name": "b", "agents": 3, "faults": [
+        {"at": 1, "action": "blip", "site": "a", "seconds": 1, "count": 3, "every": 2}]})
+    assert [(f.at, f.action) for f in sc.faults] == [
+        (1, "cut"), (2, "heal"), (3, "cut"), (4, "heal"), (5, "cut"), (6, "heal")]
+
+
+def test_bad_scenario_reports_every_field_by_path() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_scenario({"name": "", "agents": 0, "home": "c", "colour": 1, "observe_s": -1,
+                        "faults": [{"at": -1, "action": "explode", "site": "z"},
+                                   {"action": "blip", "site": "a", "seconds": 2, "every": 1}],
+                        "expect": {"moved": "some", "speed": 1}}, "s.yaml")
+    text = str(e.value)
+    for part in ("s.yaml: name:", "s.yaml: agents:", "s.yaml: home:", "s.yaml: colour: unknown field",
+                 "s.yaml: observe_s:", "faults[0].action:", "faults[0].site:", "faults[0].at:",
+                 "faults[1].every: must be longer", "expect.moved:", "expect.speed: unknown"):
+        assert part in text, part
+
+
+def _report(passed: bool) -> dict[str, object]:
+    return {"scenario": "kill-a", "agents": 4, "lost_agents": 0, "agents_at_both_sites": 0, "moved_agents": 4,
+            "recovery_s": {"p50": 1.2, "p95": 1.9, "max": 2.0, "mean": 1.3},
+            "recovery_times": [1.0, 1.2, 1.5, 2.0], "faults": [{"at": 0.0, "action": "kill", "site": "a"}],
+            "timeline": [{"t": i / 10, "ready": {"a": 4 if i < 10 else 0, "b": 0 if i < 15 else 4}}
+                         for i in range(30)],
+            "expectations": [{"name": "lost_agents", "expected": "<= 0", "actual": 0, "ok": passed}],
+            "passed": passed}
+
+
+def test_report_files_json_html_png(tmp_path: Path) -> None:
+    write(_report(False), tmp_path / "r")
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {"agents", "lost_agents", "agents_at_both_sites", "recovery_s", "passed"} <= set(doc)
+    assert set(doc["recovery_s"]) >= {"p50", "p95", "max"}
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "FAILED" in page and "timeline.png" in page
+    png = (tmp_path / "r" / "timeline.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])
+    idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
+    raw = zlib.decompress(idat)
+    assert len(raw) == h * (1 + 3 * w)
+    blue = bytes((31, 119, 180))
+    assert blue in raw and bytes((44, 160, 44)) in raw  # both sites' lines are drawn
+    assert not list(tmp_path.glob("r/.*.tmp"))
