@@ -97,8 +97,8 @@ async def test_login_then_phone_registration_adds_members_and_reads_back(
     assert env.pbx["a"].calls == [
         ("QueueAdd", "sales-a", "PJSIP/2001", "agent01/1", 0),
         ("QueueAdd", "vip-a", "PJSIP/2001", "agent01/1", 3),
-        ("QueueStatus", "sales-a", "PJSIP/2001"),
-        ("QueueStatus", "vip-a", "PJSIP/2001"),
+        ("QueueStatus", "sales-a", None),  # read-backs are batched per queue (manager.ReadBack)
+        ("QueueStatus", "vip-a", None),
     ]
     msg = await ws.receive_json()
     while msg["type"] == "heartbeat":
@@ -379,12 +379,29 @@ async def test_cti_registration_interrupted_by_a_link_drop_is_retried_when_the_l
     _, body = await _login(client, 1)
     pbx = env.pbx["a"]
     pbx.fail_adds = LinkLost("site a: AMI connection closed")
+    pbx.set_state(LinkState.UNREACHABLE)  # the link went down with the adds in flight
     await env.mgr.on_event("a", pbx.emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
     await env.mgr.drain()
     assert (await env.sessions.get(body["session_id"])).state != "cti_registered"  # type: ignore[union-attr]
     pbx.fail_adds = None
+    pbx.set_state(LinkState.UP)
     await pbx.queue_add("sales-a", "PJSIP/2001", name="agent01/1")  # one add had gone through before the drop
     await env.mgr.on_event("a", pbx.emit(EventKind.PBX_UP))
     await env.mgr.drain()
     assert (await env.sessions.get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
     assert set(pbx.members["sales-a"]) == {"PJSIP/2001"} and set(pbx.members["vip-a"]) == {"PJSIP/2001"}
+
+
+async def test_read_backs_of_a_mass_login_share_one_queue_status_per_queue(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    for i in range(0, 20, 2):  # ten agents in "support"
+        await _login(client, i)
+    env.pbx["a"].calls.clear()
+    for i in range(0, 20, 2):
+        await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint=str(2000 + i)))
+    await env.mgr.drain()
+    status_calls = [c for c in env.pbx["a"].calls if c[0] == "QueueStatus"]
+    assert status_calls == [("QueueStatus", "support-a", None)]
+    states = [s.state for s in await env.sessions.all()]
+    assert states == ["cti_registered"] * 10

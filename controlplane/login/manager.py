@@ -50,6 +50,51 @@ _DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 Push = Callable[[str, dict[str, Any]], Awaitable[None]]  # (session id, message)
 
 
+class ReadBack:
+    """Queue membership read back through the PBX, batched per queue.
+
+    One ``QueueStatus`` per agent with a Member filter costs Asterisk a scan of every
+    member of the queue: O(N^2) for a mass login, and with 10,000 agents the read-backs
+    queued behind each other past the command timeout. Read-backs asked for while one
+    QueueStatus of that queue is being prepared share it; each is asked after its own
+    QueueAdd completed, and the QueueStatus is sent after it is asked, so it sees the add.
+    """
+
+    BATCH_S = 0.05
+
+    def __init__(self, pbx: PbxClient) -> None:
+        self.pbx = pbx
+        self.waiting: dict[str, list[tuple[str, asyncio.Future[bool]]]] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.reads = 0  # QueueStatus actions sent (tests, metrics)
+
+    async def has(self, queue: str, interface: str) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(queue, []).append((interface, fut))
+        if queue not in self.running:
+            self.running[queue] = asyncio.create_task(self._serve(queue), name=f"readback-{queue}")
+        return await fut
+
+    async def _serve(self, queue: str) -> None:
+        try:
+            await asyncio.sleep(self.BATCH_S)  # let the adds completing now join this read
+            while self.waiting.get(queue):
+                batch = self.waiting.pop(queue)
+                self.reads += 1
+                try:
+                    members = {m.interface for m in await self.pbx.queue_status(queue)}
+                except Exception as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for iface, f in batch:
+                    if not f.done():
+                        f.set_result(iface in members)
+        finally:
+            self.running.pop(queue, None)
+
+
 async def _add_member(pbx: PbxClient, queue: str, iface: str, name: str, penalty: int) -> None:
     """QueueAdd that accepts "already there": a retried CTI registration (after a link
     drop) finds the members its first attempt added; the read-back checks the result."""
@@ -108,6 +153,7 @@ class LoginManager:
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
         self._cti_tasks: set[asyncio.Future[object]] = set()
+        self._readback: dict[str, ReadBack] = {}
 
     # --- login ---------------------------------------------------------------
 
@@ -272,12 +318,16 @@ class LoginManager:
         iface = f"PJSIP/{extension}"
         try:
             await asyncio.gather(*(_add_member(pbx, q, iface, f"{s.account}/{s.vaid}", p) for q, p in s.queues))
-            members = await asyncio.gather(*(pbx.queue_status(q, member=iface) for q, _ in s.queues))
-            missing = [q for (q, _), ms in zip(s.queues, members, strict=True)
-                       if not any(m.interface == iface for m in ms)]
+            readback = self._readback.setdefault(site, ReadBack(pbx))
+            present = await asyncio.gather(*(readback.has(q, iface) for q, _ in s.queues))
+            missing = [q for (q, _), ok in zip(s.queues, present, strict=True) if not ok]
             if missing:
                 raise PbxError(f"queue read-back: {iface} missing from {', '.join(missing)}")
         except (PbxUnreachable, LinkLost) as exc:
+            if pbx.state is LinkState.UP:  # a slow command on a live link: a real failure
+                log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
+                await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
+                return
             # The link dropped mid-way (a PBX restarting, an overloaded one): the session
             # waits again and is retried when the link is back up (on_event, PBX_UP).
             log.info("CTI registration of %s at %s postponed: %s", s.account, site, exc)
