@@ -18,7 +18,7 @@ DRILLS = Path(__file__).resolve().parent.parent / "lab" / "drills"
 async def _drill(name: str, lab_topology: Any) -> dict[str, Any]:
     rep = await run_drill(load_scenario(DRILLS / f"{name}.yaml"))
     failed = [c for c in rep["expectations"] if not c["ok"]]
-    assert rep["passed"], failed
+    assert rep["passed"], (failed, rep["slowest_agents"][:1], rep["unverified_agents"][:2])
     return rep
 
 

@@ -309,6 +309,7 @@ class Drill:
                verified: set[str], both: int) -> dict[str, Any]:
         sc = self.sc
         recov: list[float] = []
+        per_agent: list[tuple[float, Agent]] = []
         detect: list[float] = []
         moved = 0
         for a in self.agents:
@@ -321,6 +322,15 @@ class Drill:
                 last_ready = next((e for e in reversed(after) if e.state is AgentState.READY), None)
                 if last_ready is not None:
                     recov.append(last_ready.at - self.t0)
+                    per_agent.append((last_ready.at - self.t0, a))
+        # The slowest agents' own story, for whoever reads a failed drill.
+        slowest = [{"account": a.account, "recovery_s": round(r, 3),
+                    "events": [[round(e.at - self.t0, 3), e.state.value, e.site, e.detail] for e in a.events
+                               if e.at >= self.t0 - 1]}
+                   for r, a in sorted(per_agent, key=lambda x: -x[0])[:3]]
+        stuck = [{"account": a.account, "state": a.state.value, "site": a.site,
+                  "events": [[round(e.at - self.t0, 3), e.state.value, e.site, e.detail] for e in a.events[-8:]]}
+                 for a in self.agents if a.account not in verified][:3]
         lost = sc.agents - len(verified)
         checks: list[dict[str, Any]] = []
         exp = sc.expect
@@ -355,6 +365,8 @@ class Drill:
                            "mean": round(statistics.mean(recov), 3) if recov else 0.0},
             "first_suspicion_s": {"p50": round(pct(detect, .5), 3), "min": round(min(detect), 3) if detect else 0.0},
             "recovery_times": [round(x, 3) for x in sorted(recov)],
+            "slowest_agents": slowest,
+            "unverified_agents": stuck,
             "faults": self.applied,
             "timeline": samples,
             "expectations": checks,
