@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -239,5 +240,30 @@ async def test_recorded_frames_pass_through_without_dropping_the_link(fake: Fake
                 await fake.push(b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(body) + body)
         assert await asyncio.wait_for(c.ping(), WAIT) >= 0
         assert c.state is LinkState.UP
+    finally:
+        await c.close()
+
+
+async def test_render_push_to_freeswitch_reloads_and_restores_on_error(fake: FakeFreeswitch, tmp_path: Any) -> None:
+    """`ccdr render --push --target freeswitch`: files written, reloadxml and friends sent
+    through ESL; a -ERR from reloadxml puts the previous files back and reloads again."""
+    from controlplane.cli.render import push_freeswitch
+    from controlplane.errors import RenderError
+
+    fake.api_answers.update({"reloadxml": "+OK [Success]\n", "sofia profile external rescan": "+OK scan\n",
+                             "reload mod_callcenter": "+OK Reloading XML\n"})
+    (tmp_path / "dialplan").mkdir()
+    (tmp_path / "dialplan" / "ccdr.xml").write_text("<old/>")
+    c = await _client(fake)
+    try:
+        await push_freeswitch(c, tmp_path, {"dialplan/ccdr.xml": "<new/>"})
+        assert (tmp_path / "dialplan" / "ccdr.xml").read_text() == "<new/>"
+        assert fake.commands[-3:] == ["api reloadxml", "api sofia profile external rescan",
+                                      "api reload mod_callcenter"]
+        fake.api_answers["reloadxml"] = "-ERR [dialplan/ccdr.xml:1 parse error]\n"
+        with pytest.raises(RenderError, match="previous files restored"):
+            await push_freeswitch(c, tmp_path, {"dialplan/ccdr.xml": "<broken", "directory/ccdr.xml": "<x/>"})
+        assert (tmp_path / "dialplan" / "ccdr.xml").read_text() == "<new/>"
+        assert not (tmp_path / "directory" / "ccdr.xml").exists()  # a file that was not there is removed again
     finally:
         await c.close()

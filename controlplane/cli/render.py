@@ -19,6 +19,8 @@ import click
 from controlplane.cli.common import topology_option
 from controlplane.errors import CcdrError, PbxCommandError, RenderError
 from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.base import LinkState
+from controlplane.pbx.freeswitch import FreeswitchClient, tcp_connect
 from controlplane.settings import Topology, load_topology
 from dialplans.asterisk import render_asterisk
 from dialplans.freeswitch import render_freeswitch
@@ -206,6 +208,54 @@ async def push_asterisk(client: AsteriskClient, out: Path, files: Mapping[str, s
     raise RenderError(f"site {client.site}: reload failed ({'; '.join(problems)}); previous files restored{tail}")
 
 
+# After the XML is re-read, the external profile picks up new or changed gateways.
+FREESWITCH_RELOAD = ("reloadxml", "sofia profile external rescan", "reload mod_callcenter")
+
+
+async def push_freeswitch(client: FreeswitchClient, out: Path, files: Mapping[str, str]) -> None:
+    """Write ``files`` into ``out`` (FreeSWITCH's conf dir), reload through ESL.
+
+    ``reloadxml`` answers ``-ERR`` when a file does not parse; any ``-ERR`` puts the
+    previous files back and reloads again, then raises RenderError."""
+    previous: dict[str, str | bytes | None] = {
+        name: (out / name).read_bytes() if (out / name).exists() else None for name in files
+    }
+    write_files(out, dict(files))
+    problems: list[str] = []
+    for cmd in FREESWITCH_RELOAD:
+        try:
+            await client.api(cmd)
+        except PbxCommandError as exc:
+            problems.append(str(exc))
+            break
+    if not problems:
+        return
+    write_files(out, previous)
+    restore_problems: list[str] = []
+    for cmd in FREESWITCH_RELOAD:
+        try:
+            await client.api(cmd)
+        except PbxCommandError as exc:
+            restore_problems.append(str(exc))
+    tail = f"; restoring failed too: {'; '.join(restore_problems)}" if restore_problems else ""
+    raise RenderError(f"site {client.site}: reload failed ({'; '.join(problems)}); previous files restored{tail}")
+
+
+async def _with_fs_client(topo: Topology, site: str, work: Callable[[FreeswitchClient], Awaitable[None]]) -> None:
+    s = topo.site(site)
+    if s.esl is None:
+        raise RenderError(f"site {site}: --push --target freeswitch needs a FreeSWITCH site with esl: in the topology")
+    client = FreeswitchClient(site, tcp_connect(s.esl.host, s.esl.port), s.esl.password.reveal(f"sites[{site}].esl"),
+                              topo.timings)
+    await client.start()
+    try:
+        if client.state is not LinkState.UP:
+            raise RenderError(f"site {site}: FreeSWITCH ESL link is {client.state.value}")
+        await work(client)
+    finally:
+        await client.close()
+
+
 async def _load_inventory(dsn: str, site: str) -> tuple[list[Phone], list[str]]:
     import asyncpg
 
@@ -244,7 +294,8 @@ async def _with_client(topo: Topology, site: str, work: Callable[[AsteriskClient
 @click.option("--diff", "show_diff", is_flag=True, help="Show what would change in OUT; write nothing.")
 @click.option("--from-pbx", is_flag=True,
               help="With --diff (asterisk): compare with what the site's Asterisk reads (AMI GetConfig).")
-@click.option("--push", is_flag=True, help="Write, reload through AMI, verify; restore the old files on failure.")
+@click.option("--push", is_flag=True,
+              help="Write, reload (AMI for Asterisk, ESL for FreeSWITCH), verify; restore the old files on failure.")
 @topology_option
 def render(policy_path: str, target: str, site: str | None, out: str, dsn: str | None, show_diff: bool,
            from_pbx: bool, push: bool, topology: str) -> None:
@@ -276,9 +327,17 @@ def render(policy_path: str, target: str, site: str | None, out: str, dsn: str |
                 text = diff_files(outp, files)
             click.echo(text, nl=False)
             sys.exit(1 if text else 0)
+        if push and target == "freeswitch":
+            async def fs_work(client: FreeswitchClient) -> None:
+                await push_freeswitch(client, outp, files)
+
+            asyncio.run(_with_fs_client(load_topology(topology), site or "", fs_work))
+            click.echo(f"pushed {len(files)} files to {out} and reloaded site {site}")
+            return
         if push:
             if target != "asterisk":
-                raise RenderError(f"--push: only --target asterisk is supported so far, not {target}")
+                raise RenderError(f"--push: not for --target {target} (Kamailio reloads its list with "
+                                  "`kamcmd dispatcher.reload`)")
             sid = site or ""
 
             async def work(client: AsteriskClient) -> None:
