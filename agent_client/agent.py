@@ -26,6 +26,7 @@ import contextlib
 import enum
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +64,12 @@ class AgentState(enum.Enum):
 class AgentTimings:
     login_timeout_s: float = 3.0
     cti_timeout_s: float = 20.0
-    sip_probe_interval_s: float = 0.5
-    sip_probe_timeout_s: float = 1.0
+    #: OPTIONS to the registrar while all is well, jittered (x0.5..1): 10,000 agents
+    #: probing every 0.5 s would send Asterisk 20,000 OPTIONS a second
+    sip_probe_interval_s: float = 5.0
+    #: while any signal is failing: probe at once, then this often (the active confirmation)
+    suspect_probe_interval_s: float = 0.25
+    sip_probe_timeout_s: float = 0.5
     #: two different signals failing together this long confirm a failure
     confirm_hold_s: float = 0.5
     register_expires: int = 120
@@ -167,6 +172,7 @@ class Agent:
         self.detector = FailureDetector(self.timings.confirm_hold_s, clock)
         self._stopping = False
         self._probe_sent = self._probe_seen = 0
+        self._rng = random.Random(account)
         self._bg: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -319,6 +325,7 @@ class Agent:
         t = self.timings
         hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
         next_probe = next_hb = self.clock()
+        was_suspect = False
         reconnecting: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
@@ -330,8 +337,14 @@ class Agent:
                 want = AgentState.SUSPECT if self.detector.suspect else AgentState.READY
                 if want is not self.state:
                     self._to(want, ", ".join(s.value for s in self.detector.failing))
+                if self.detector.suspect and not was_suspect:
+                    next_probe = now  # a first failing signal: confirm at once by another one
+                was_suspect = self.detector.suspect
                 if now >= next_probe:
-                    next_probe = now + t.sip_probe_interval_s
+                    if was_suspect:
+                        next_probe = now + t.suspect_probe_interval_s
+                    else:
+                        next_probe = now + t.sip_probe_interval_s * (0.5 + 0.5 * self._rng.random())
                     self._spawn(self._probe(), f"probe-{self.account}")
                 ws = sess.ws
                 if ws is not None and not ws.closed and now >= next_hb:

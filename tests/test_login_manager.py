@@ -405,3 +405,23 @@ async def test_read_backs_of_a_mass_login_share_one_queue_status_per_queue(
     assert status_calls == [("QueueStatus", "support-a", None)]
     states = [s.state for s in await env.sessions.all()]
     assert states == ["cti_registered"] * 10
+
+
+async def test_cti_registration_retries_a_store_failure_instead_of_dying(
+    client: TestClient[Any, Any], env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen in a 10,000-phone storm: Redis timed out on connect, the task died with
+    # "exception was never retrieved", and the agent never got its queues.
+    _, body = await _login(client, 1)
+    real_get = env.sessions.get
+    failures = [TimeoutError("Timeout connecting to server")]
+
+    async def flaky_get(sid: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_get(sid)
+
+    monkeypatch.setattr(env.sessions, "get", flaky_get)
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    assert (await real_get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]

@@ -37,6 +37,7 @@ from controlplane.settings import Site, Topology
 log = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+CTI_RETRIES = 3  # a CTI registration failing on something other than the PBX is retried this often
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}/[0-9]+$")  # account/vaid: the members ccdr adds
 _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 # The login service's password profile: OWASP's minimum for argon2id (19 MiB, t=2, p=1),
@@ -154,6 +155,7 @@ class LoginManager:
         self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
         self._cti_tasks: set[asyncio.Future[object]] = set()
         self._readback: dict[str, ReadBack] = {}
+        self._in_flight: dict[tuple[str, str], str] = {}  # (site, extension) -> session id
 
     # --- login ---------------------------------------------------------------
 
@@ -307,10 +309,29 @@ class LoginManager:
             for ext in [e for e in self.pending[site].by_ext if e in self.registered[site]]:
                 self.spawn(self._cti_register(site, ext))
 
-    async def _cti_register(self, site: str, extension: str) -> None:
+    async def _cti_register(self, site: str, extension: str, attempt: int = 0) -> None:
+        try:
+            await self._cti_register_once(site, extension)
+        except Exception as exc:  # a store failing under load: retry, a few times, never crash silently
+            sid = self._in_flight.pop((site, extension), None)
+            if sid is None or attempt >= CTI_RETRIES:
+                log.warning("CTI registration at %s of extension %s failed: %s: %s", site, extension,
+                            type(exc).__name__, exc)
+                if sid is not None:
+                    await self._notify(sid, {"type": "cti", "state": "failed", "error": type(exc).__name__})
+                return
+            log.info("CTI registration at %s of %s: %s; retrying", site, extension, type(exc).__name__)
+            self.pending[site].by_ext.setdefault(extension, sid)
+            await asyncio.sleep(0.5 * (attempt + 1))
+            await self._cti_register(site, extension, attempt + 1)
+        finally:
+            self._in_flight.pop((site, extension), None)
+
+    async def _cti_register_once(self, site: str, extension: str) -> None:
         sid = self.pending[site].by_ext.pop(extension, None)
         if sid is None:
             return
+        self._in_flight[(site, extension)] = sid
         s = await self.sessions.get(sid)
         if s is None:
             return
