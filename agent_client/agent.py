@@ -70,8 +70,10 @@ class AgentTimings:
     #: while any signal is failing: probe at once, then this often (the active confirmation)
     suspect_probe_interval_s: float = 0.25
     sip_probe_timeout_s: float = 0.5
-    #: two different signals failing together this long confirm a failure
-    confirm_hold_s: float = 0.5
+    #: two different signals failing together this long confirm a failure. Longer than a
+    #: one-second network blip leaves the SIP probe failing (at most the cut, minus the
+    #: probe timeout, plus one suspect interval: 0.75 s); 20 such blips must move nobody.
+    confirm_hold_s: float = 1.0
     register_expires: int = 120
     #: pause before trying the login services again when none answered
     retry_s: float = 1.0

@@ -21,7 +21,7 @@ from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
 from controlplane.login.sessions import SessionStore
-from controlplane.pbx.base import EventKind, PbxClient
+from controlplane.pbx.base import EventKind, LinkState, PbxClient
 from controlplane.runtime.clock import Clock, RealClock
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.settings import Topology
@@ -79,6 +79,10 @@ class LoginService:
     async def start_loops(self) -> None:
         for site, client in self.pbx.items():
             self.supervisor.spawn(f"pbx-events-{site}", self._pump(site, client))
+        own = self.pbx.get(self.manager.site.id)
+        if own is not None and own.state is LinkState.UP:
+            # Its PBX_UP came before we listened: clean up what an earlier run left behind.
+            self.manager.spawn(self.manager.reconcile_site(self.manager.site.id))
         self.supervisor.spawn("reaper", self._reaper)
 
     async def serve(self, host: str, port: int) -> None:
