@@ -62,7 +62,9 @@ class AgentState(enum.Enum):
 
 @dataclass(frozen=True)
 class AgentTimings:
-    login_timeout_s: float = 3.0
+    #: a mass move queues logins at the surviving service: a short timeout here only adds a
+    #: second wave of logins elsewhere (seen with 1,000 agents at 3 s)
+    login_timeout_s: float = 10.0
     cti_timeout_s: float = 20.0
     #: OPTIONS to the registrar while all is well, jittered (x0.5..1): 10,000 agents
     #: probing every 0.5 s would send Asterisk 20,000 OPTIONS a second

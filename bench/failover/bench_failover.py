@@ -41,6 +41,10 @@ async def raw_limit(n: int) -> tuple[float, float, float]:
     ami = AsteriskClient("b", b.ami, topo.timings)
     await ami.start()
     try:
+        ours = {f"PJSIP/{e}" for e in exts}
+        for m in await ami.queue_status():  # a clean slate: nothing of ours at b
+            if m.interface in ours:
+                await ami.queue_remove(m.queue, m.interface)
         t0 = time.perf_counter()
         rep = await fleet.register_all((b.sip.host, b.sip.port))
         t_reg = time.perf_counter() - t0
@@ -68,6 +72,7 @@ async def one(n: int) -> None:
     first_move = min(moves_) if moves_ else float("nan")
     last_ready = rep["recovery_s"]["max"]
     rehoming = last_ready - first_move
+    print(f"drill done: {rep['recovery_s']}, first move {first_move:.2f} s", flush=True)
     t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]
     print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"

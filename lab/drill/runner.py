@@ -373,6 +373,22 @@ class Drill:
             "passed": all(c["ok"] for c in checks),
         }
 
+    async def _sweep(self) -> None:
+        """Remove any member a drill agent left at either site (a logout that timed out),
+        so the next drill or test starts clean."""
+        clients = await self._clients()
+        try:
+            for c in clients.values():
+                if c.state is not LinkState.UP:
+                    continue
+                for m in await c.queue_status():
+                    if m.name.startswith("drill"):
+                        with contextlib.suppress(Exception):
+                            await c.queue_remove(m.queue, m.interface)
+        finally:
+            for c in clients.values():
+                await c.close()
+
     async def teardown(self, transport: SipTransport, http: aiohttp.ClientSession) -> None:
         with contextlib.suppress(Exception):
             await self.restore()
@@ -382,6 +398,7 @@ class Drill:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await http.close()
         transport.close()
+        await self._sweep()
         for p in self.services.values():
             if p.poll() is None:
                 p.terminate()
