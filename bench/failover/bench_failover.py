@@ -64,7 +64,7 @@ async def raw_limit(n: int) -> tuple[float, float, float]:
 
 async def one(n: int) -> None:
     sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
-                  observe_s=max(15.0, n / 400), expect={"lost_agents": 0})
+                  observe_s=max(30.0, n / 50), expect={"lost_agents": 0})
     d = Drill(sc)
     rep = await d.run()
     moves = [next((e.at for e in a.events if e.at >= d.t0 and e.state is AgentState.MOVING), None) for a in d.agents]
