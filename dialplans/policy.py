@@ -37,22 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from controlplane.errors import ConfigError
+from controlplane.names import EXTENSION, SAFE_ID, SAFE_NAME, SIP_USER
 from controlplane.settings import SecretRef
-from controlplane.settings.loader import _join, _kind, _Reader
+from controlplane.settings.loader import _join, _kind, _Reader, read_yaml
 
 # Names become pjsip section names, dialplan labels, XML attribute values and
 # dispatcher attributes: letters, digits, '-', '_' only (no '.', which Asterisk
 # treats specially in extension patterns).
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = SAFE_ID
+QUEUE = SAFE_NAME
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 CIDR = re.compile(r"^[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?$")
 DIGITS = re.compile(r"^[0-9]{1,20}$")
-SIP_USER = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
-EXTENSION = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 # A secret that is written into pjsip.conf and XML: no whitespace, ';' (a comment
 # in Asterisk configs), ',', quotes, '<', '>', '&', '$', '{', '}' or backslash.
 SECRET_VALUE = re.compile(r"^[A-Za-z0-9_.@%+=:/!#*^~?()\[\]|-]{1,128}$")
@@ -404,18 +401,7 @@ def parse_policy(data: Any, source: str | None = None, *, inventory_queues: Sequ
 
 def load_policy(path: str | Path, *, inventory_queues: Sequence[str] = ()) -> Policy:
     """Read and validate a routing policy YAML file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror}"], str(p)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"], str(p)) from None
-    return parse_policy(data, str(p), inventory_queues=inventory_queues)
+    return parse_policy(read_yaml(path), str(path), inventory_queues=inventory_queues)
 
 
 def check_phones(phones: Sequence[Phone], sites: Sequence[str], source: str = "inventory") -> None:

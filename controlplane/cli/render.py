@@ -178,34 +178,46 @@ async def verify_asterisk(client: AsteriskClient, policy: Policy, site: str, pho
 Verifier = Callable[[], Awaitable[list[str]]]
 
 
-async def push_asterisk(client: AsteriskClient, out: Path, files: Mapping[str, str], verify: Verifier) -> None:
-    """Write ``files`` into ``out`` (the PBX's ccdr/ include dir), reload, verify.
+async def push_files(site: str, out: Path, files: Mapping[str, str],
+                     apply: Callable[[], Awaitable[list[str]]], reapply: Callable[[], Awaitable[list[str]]]) -> None:
+    """Write ``files`` into ``out``, then ``apply`` (reload, verify: its problems).
 
-    Any failure (a reload answered with an error, an object of ours missing after
-    it) puts the previous files back and reloads again, then raises RenderError:
-    a bad render must not leave a site without its routing.
-    """
+    Any problem puts the previous files back and runs ``reapply`` (the reload alone),
+    then raises RenderError: a bad render must not leave a site without its routing."""
     previous: dict[str, str | bytes | None] = {
         name: (out / name).read_bytes() if (out / name).exists() else None for name in files
     }
     write_files(out, dict(files))
-    try:
-        for module in ASTERISK_MODULES:
-            await client.reload(module)
-        problems = await verify()
-    except PbxCommandError as exc:
-        problems = [str(exc)]
+    problems = await apply()
     if not problems:
         return
     write_files(out, previous)
-    restore_problems: list[str] = []
-    for module in ASTERISK_MODULES:
-        try:
-            await client.reload(module)
-        except PbxCommandError as exc:
-            restore_problems.append(str(exc))
+    restore_problems = await reapply()
     tail = f"; restoring failed too: {'; '.join(restore_problems)}" if restore_problems else ""
-    raise RenderError(f"site {client.site}: reload failed ({'; '.join(problems)}); previous files restored{tail}")
+    raise RenderError(f"site {site}: reload failed ({'; '.join(problems)}); previous files restored{tail}")
+
+
+async def _each(steps: Sequence[Callable[[], Awaitable[object]]], stop_at_first: bool) -> list[str]:
+    problems: list[str] = []
+    for step in steps:
+        try:
+            await step()
+        except PbxCommandError as exc:
+            problems.append(str(exc))
+            if stop_at_first:
+                break
+    return problems
+
+
+async def push_asterisk(client: AsteriskClient, out: Path, files: Mapping[str, str], verify: Verifier) -> None:
+    """Write into the PBX's ccdr/ include dir, reload its modules through AMI, verify
+    every object of ours is loaded; restore the previous files on any failure."""
+    reloads = [lambda m=m: client.reload(m) for m in ASTERISK_MODULES]
+
+    async def apply() -> list[str]:
+        return await _each(reloads, stop_at_first=True) or await verify()
+
+    await push_files(client.site, out, files, apply, lambda: _each(reloads, stop_at_first=False))
 
 
 # After the XML is re-read, the external profile picks up new or changed gateways.
@@ -213,32 +225,11 @@ FREESWITCH_RELOAD = ("reloadxml", "sofia profile external rescan", "reload mod_c
 
 
 async def push_freeswitch(client: FreeswitchClient, out: Path, files: Mapping[str, str]) -> None:
-    """Write ``files`` into ``out`` (FreeSWITCH's conf dir), reload through ESL.
-
-    ``reloadxml`` answers ``-ERR`` when a file does not parse; any ``-ERR`` puts the
-    previous files back and reloads again, then raises RenderError."""
-    previous: dict[str, str | bytes | None] = {
-        name: (out / name).read_bytes() if (out / name).exists() else None for name in files
-    }
-    write_files(out, dict(files))
-    problems: list[str] = []
-    for cmd in FREESWITCH_RELOAD:
-        try:
-            await client.api(cmd)
-        except PbxCommandError as exc:
-            problems.append(str(exc))
-            break
-    if not problems:
-        return
-    write_files(out, previous)
-    restore_problems: list[str] = []
-    for cmd in FREESWITCH_RELOAD:
-        try:
-            await client.api(cmd)
-        except PbxCommandError as exc:
-            restore_problems.append(str(exc))
-    tail = f"; restoring failed too: {'; '.join(restore_problems)}" if restore_problems else ""
-    raise RenderError(f"site {client.site}: reload failed ({'; '.join(problems)}); previous files restored{tail}")
+    """Write into FreeSWITCH's conf dir and reload through ESL (``reloadxml`` answers
+    ``-ERR`` when a file does not parse); restore the previous files on any ``-ERR``."""
+    steps = [lambda c=c: client.api(c) for c in FREESWITCH_RELOAD]
+    await push_files(client.site, out, files, lambda: _each(steps, stop_at_first=True),
+                     lambda: _each(steps, stop_at_first=False))
 
 
 async def _with_fs_client(topo: Topology, site: str, work: Callable[[FreeswitchClient], Awaitable[None]]) -> None:

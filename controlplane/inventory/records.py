@@ -18,13 +18,8 @@ from typing import Any
 
 import yaml
 
-# Names that reach PBX configs, dialplans or Redis keys: no line breaks, ';', ',',
-# '${', quotes, brackets or spaces can get through.
-SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ACCOUNT = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-EXTENSION = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
-SIP_USER = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+from controlplane.names import ACCOUNT, EXTENSION, SAFE_ID, SAFE_NAME, SIP_USER
+
 MAC_SEPARATORS = re.compile(r"[:.\-\s]")
 MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")

@@ -275,6 +275,12 @@ def parse_topology(data: Any, source: str | None = None) -> Topology:
 
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology YAML file."""
+    return parse_topology(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's document; an unreadable or malformed file is a ConfigError naming
+    the file and the line (shared by every settings-like file: topology, policy, drills)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -286,4 +292,4 @@ def load_topology(path: str | Path) -> Topology:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"], str(p)) from None
-    return parse_topology(data, str(p))
+    return data

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from controlplane.errors import ConfigError
+from controlplane.settings.loader import read_yaml
 
 ACTIONS = ("kill", "freeze", "thaw", "start", "cut", "heal", "stop_login", "start_login", "blip")
 SITES = ("a", "b")
@@ -140,11 +139,4 @@ def parse_scenario(doc: Any, source: str = "scenario") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
-    return parse_scenario(doc, str(p))
+    return parse_scenario(read_yaml(path), str(path))

@@ -1,0 +1,15 @@
+"""The character sets for names that end up in PBX configs, dialplans, XML or Redis keys.
+
+One definition for the inventory importer, the routing policy and the renderers: no line
+break, ';', ',', '${', quote, bracket, '<' or space can get through any of them.
+"""
+
+from __future__ import annotations
+
+import re
+
+SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # sites, regions, policy object names
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # systems, skill groups, queues
+ACCOUNT = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+EXTENSION = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
+SIP_USER = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
