@@ -37,12 +37,13 @@ import asyncpg
 import redis.asyncio as aioredis
 import yaml
 
-from controlplane.inventory.importer import IMPORT_HASHER, import_files
+from controlplane.inventory.importer import import_files
 from controlplane.inventory.migrate import migrate
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.settings import load_topology
 from lab import manager
-from lab.layout import FIRST_EXTENSION, phone_password, site
+from lab.agents import QUEUES, percentile, write_inventory
+from lab.layout import FIRST_EXTENSION, site
 
 ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_DB = 15
@@ -56,31 +57,6 @@ def mac(i: int) -> str:
 
 def site_of(i: int) -> str:
     return "a" if i % 2 == 0 else "b"
-
-
-def inventory(n: int, path: Path) -> None:
-    h = IMPORT_HASHER.hash("pw")
-    doc: dict[str, Any] = {
-        "regions": ["east", "west"],
-        "sites": [{"id": "a", "region": "east"}, {"id": "b", "region": "west"}],
-        "systems": ["cards"],
-        "skill_groups": [{"id": "sales", "queues": {"a": "sales", "b": "sales"}},
-                         {"id": "support", "queues": {"a": "support", "b": "support"}}],
-        "agents": [{"account": f"agent{i:05d}", "password_hash": h, "system": "cards",
-                    "home_region": "east" if site_of(i) == "a" else "west",
-                    "skills": {"sales": 0} if (i // 2) % 2 == 0 else {"support": 1}} for i in range(n)],
-        "devices": [{"mac": mac(i), "model": "yealink-t46",
-                     "lines": {s: {"extension": str(FIRST_EXTENSION + i), "sip_username": str(FIRST_EXTENSION + i),
-                                   "sip_password": phone_password(FIRST_EXTENSION + i)} for s in ("a", "b")}}
-                    for i in range(n)],
-        "virtual_agent_ids": {"from": 1, "to": 2 * n},
-    }
-    path.write_text(yaml.safe_dump(doc))
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * len(s)))]
 
 
 async def wait_http(url: str, limit_s: float = 30) -> None:
@@ -112,7 +88,9 @@ async def main(n: int, conc: int) -> None:
     try:
         conn = await asyncpg.connect(dsn)
         await migrate(conn)
-        inventory(n, tmp / "inv.yaml")
+        write_inventory(tmp / "inv.yaml", n, account=lambda i: f"agent{i:05d}", mac=mac,
+                        queue=lambda i: QUEUES[(i // 2) % 2],
+                        region=lambda i: "east" if site_of(i) == "a" else "west")
         t = time.perf_counter()
         await import_files(conn, [tmp / "inv.yaml"])
         await conn.close()
@@ -192,8 +170,9 @@ async def main(n: int, conc: int) -> None:
         await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts, 0) for s, exts in by_site.items()))
         print(f"\nlogin storm, {n:,} agents over two login services, {conc} logins in flight:")
         print(f"  login calls: {t_logins:.2f} s, {n / t_logins:,.0f} logins/s;"
-              f" latency p50 {pct(lat, .5) * 1000:.0f} ms,"
-              f" p95 {pct(lat, .95) * 1000:.0f} ms, p99 {pct(lat, .99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+              f" latency p50 {percentile(lat, .5) * 1000:.0f} ms,"
+              f" p95 {percentile(lat, .95) * 1000:.0f} ms, p99 {percentile(lat, .99) * 1000:.0f} ms,"
+              f" max {max(lat) * 1000:.0f} ms"
               f" (mean {statistics.mean(lat) * 1000:.0f} ms)")
         print(f"  all phones registered: {t_registered:.1f} s after the storm's start")
         print(f"  CTI registration confirmed (read back by the service): {confirmed:,}/{n:,} at {t_cti:.1f} s")

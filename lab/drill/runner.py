@@ -36,20 +36,20 @@ import yaml
 from agent_client.agent import Agent, AgentState, AgentTimings
 from agent_client.sip.fleet import TokenBucket
 from agent_client.sip.transport import SipTransport
-from controlplane.inventory.importer import IMPORT_HASHER, import_files
+from controlplane.inventory.importer import import_files
 from controlplane.inventory.migrate import migrate
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import LinkState
 from controlplane.settings import load_topology
 from lab import manager
+from lab.agents import QUEUES, percentile, write_inventory
 from lab.drill.scenario import Fault, Scenario
-from lab.layout import FIRST_EXTENSION, HOST_ADDRESS, phone_password
+from lab.layout import FIRST_EXTENSION, HOST_ADDRESS
 
 Progress = Callable[[str, int, int], None]
 ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_DB = 14
 LOGIN_PORTS = {"a": 18281, "b": 18282}
-QUEUES = ("sales", "support")
 READY = (AgentState.READY, AgentState.SUSPECT)
 
 
@@ -59,31 +59,6 @@ def mac(i: int) -> str:
 
 def queue_of(i: int) -> str:
     return QUEUES[i % 2]
-
-
-def _inventory(n: int, path: Path) -> None:
-    h = IMPORT_HASHER.hash("pw")
-    doc: dict[str, Any] = {
-        "regions": ["east", "west"],
-        "sites": [{"id": "a", "region": "east"}, {"id": "b", "region": "west"}],
-        "systems": ["cards"],
-        "skill_groups": [{"id": q, "queues": {"a": q, "b": q}} for q in QUEUES],
-        "agents": [{"account": f"drill{i:05d}", "password_hash": h, "system": "cards", "home_region": "east",
-                    "skills": {queue_of(i): 0}} for i in range(n)],
-        "devices": [{"mac": mac(i), "model": "yealink-t46",
-                     "lines": {s: {"extension": str(FIRST_EXTENSION + i), "sip_username": str(FIRST_EXTENSION + i),
-                                   "sip_password": phone_password(FIRST_EXTENSION + i)} for s in ("a", "b")}}
-                    for i in range(n)],
-        "virtual_agent_ids": {"from": 1, "to": 2 * n},
-    }
-    path.write_text(yaml.safe_dump(doc))
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return 0.0
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _spawn_login(sid: str, topology: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -129,7 +104,8 @@ class Drill:
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrate(conn)
-            _inventory(n, self.tmp / "inventory.yaml")
+            write_inventory(self.tmp / "inventory.yaml", n, account=lambda i: f"drill{i:05d}", mac=mac,
+                            queue=queue_of)
             await import_files(conn, [self.tmp / "inventory.yaml"])
         finally:
             await conn.close()
@@ -360,10 +336,11 @@ class Drill:
             "agents_at_both_sites": both,
             "moved_agents": moved,
             "final_sites": final,
-            "recovery_s": {"p50": round(pct(recov, .5), 3), "p95": round(pct(recov, .95), 3),
+            "recovery_s": {"p50": round(percentile(recov, .5), 3), "p95": round(percentile(recov, .95), 3),
                            "max": round(max(recov), 3) if recov else 0.0,
                            "mean": round(statistics.mean(recov), 3) if recov else 0.0},
-            "first_suspicion_s": {"p50": round(pct(detect, .5), 3), "min": round(min(detect), 3) if detect else 0.0},
+            "first_suspicion_s": {"p50": round(percentile(detect, .5), 3),
+                                  "min": round(min(detect), 3) if detect else 0.0},
             "recovery_times": [round(x, 3) for x in sorted(recov)],
             "slowest_agents": slowest,
             "unverified_agents": stuck,
