@@ -21,6 +21,7 @@ class FakePbx(PbxClient):
         self._state = LinkState.UP if up else LinkState.UNREACHABLE
         self.calls: list[tuple[Any, ...]] = []
         self.members: dict[str, dict[str, QueueMember]] = {}
+        self.contact_list: list[str] = []  # what contacts() answers
         self.fail_adds: Exception | None = None  # raised by queue_add (a link dropping mid-way)
         self._subs: list[asyncio.Queue[PbxEvent]] = []
 
@@ -71,7 +72,8 @@ class FakePbx(PbxClient):
         return [m for q in qs for m in self.members.get(q, {}).values() if member in (None, m.interface)]
 
     async def contacts(self) -> list[Contact]:
-        return []
+        self.calls.append(("PJSIPShowContacts",))
+        return [Contact(e, f"sip:{e}@10.0.0.1:5060", "Reachable") for e in self.contact_list]
 
     async def reload(self, module: str | None = None) -> None: ...
 

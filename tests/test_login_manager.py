@@ -425,3 +425,17 @@ async def test_cti_registration_retries_a_store_failure_instead_of_dying(
     await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
     await env.mgr.drain()
     assert (await real_get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
+
+
+async def test_a_lost_registration_event_is_caught_by_the_pending_sweeps(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    _, body = await _login(client, 1)
+    pbx = env.pbx["a"]
+    pbx.contact_list = ["2001"]  # registered at the PBX, but its event never reached us
+    assert env.mgr.sweep_pending("a") == 0  # nothing known without an event
+    assert await env.mgr.sweep_pending_deep("a", older_than_s=10) == 0  # not waiting long enough yet
+    await env.clock.advance(11)
+    assert await env.mgr.sweep_pending_deep("a", older_than_s=10) == 1
+    await env.mgr.drain()
+    assert (await env.sessions.get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]

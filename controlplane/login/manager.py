@@ -121,6 +121,7 @@ class LoginResult:
 @dataclass
 class _Pending:
     by_ext: dict[str, str] = field(default_factory=dict)  # extension -> session id
+    since: dict[str, float] = field(default_factory=dict)  # extension -> when it started waiting
 
 
 class LoginManager:
@@ -216,6 +217,7 @@ class LoginManager:
         if replaced:
             self.spawn(self._end(replaced, "replaced"))
         self.pending[target.id].by_ext[line.extension] = sid
+        self.pending[target.id].since[line.extension] = self.clock.now()
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
         log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
@@ -306,8 +308,32 @@ class LoginManager:
         elif ev.kind is EventKind.PHONE_UNREGISTERED and ep:
             self.registered[site].discard(ep)
         elif ev.kind is EventKind.PBX_UP:
-            for ext in [e for e in self.pending[site].by_ext if e in self.registered[site]]:
-                self.spawn(self._cti_register(site, ext))
+            self.sweep_pending(site)
+
+    def sweep_pending(self, site: str) -> int:
+        """Start CTI registration for sessions still waiting whose phone is registered by
+        what this service or its PBX client knows (an event lost in a reconnect, or a
+        registration that came before the login). Cheap: no PBX round trip."""
+        pbx = self.pbx.get(site)
+        if pbx is None or pbx.state is not LinkState.UP:
+            return 0
+        known = self.registered[site] | pbx.known_contacts()
+        ready = [e for e in self.pending[site].by_ext if e in known and (site, e) not in self._in_flight]
+        for ext in ready:
+            self.spawn(self._cti_register(site, ext))
+        return len(ready)
+
+    async def sweep_pending_deep(self, site: str, older_than_s: float) -> int:
+        """The last resort for a registration event that never arrived: ask the PBX for
+        its contacts when some session has waited longer than ``older_than_s``."""
+        pbx = self.pbx.get(site)
+        p = self.pending[site]
+        now = self.clock.now()
+        if pbx is None or pbx.state is not LinkState.UP or not any(
+                now - p.since.get(e, now) > older_than_s for e in p.by_ext):
+            return 0
+        self.registered[site] |= {c.endpoint for c in await pbx.contacts()}
+        return self.sweep_pending(site)
 
     async def _cti_register(self, site: str, extension: str, attempt: int = 0) -> None:
         try:
@@ -322,12 +348,14 @@ class LoginManager:
                 return
             log.info("CTI registration at %s of %s: %s; retrying", site, extension, type(exc).__name__)
             self.pending[site].by_ext.setdefault(extension, sid)
+            self.pending[site].since.setdefault(extension, self.clock.now())
             await asyncio.sleep(0.5 * (attempt + 1))
             await self._cti_register(site, extension, attempt + 1)
         finally:
             self._in_flight.pop((site, extension), None)
 
     async def _cti_register_once(self, site: str, extension: str) -> None:
+        self.pending[site].since.pop(extension, None)
         sid = self.pending[site].by_ext.pop(extension, None)
         if sid is None:
             return
@@ -353,6 +381,7 @@ class LoginManager:
             # waits again and is retried when the link is back up (on_event, PBX_UP).
             log.info("CTI registration of %s at %s postponed: %s", s.account, site, exc)
             self.pending[site].by_ext.setdefault(extension, sid)
+            self.pending[site].since.setdefault(extension, self.clock.now())
             return
         except PbxError as exc:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
@@ -380,6 +409,7 @@ class LoginManager:
 
     async def _cleanup(self, s: LiveSession, why: str) -> None:
         self.pending[s.site].by_ext.pop(s.extension, None)
+        self.pending[s.site].since.pop(s.extension, None)
         pbx = self.pbx.get(s.site)
         if pbx is not None and pbx.state is LinkState.UP:
             for q, _ in s.queues:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATUS_PATH = "/status"
 LISTEN_BACKLOG = 4096
+DEEP_SWEEP_S = 60.0  # a session waiting this long for its phone: ask the PBX for its contacts
 
 
 class LoginService:
@@ -63,8 +64,17 @@ class LoginService:
         self._runner: web.AppRunner | None = None
 
     async def _reaper(self) -> None:
+        last_deep = self.clock.now()
         while True:
             await self.manager.reap_once()
+            for site in self.pbx:
+                self.manager.sweep_pending(site)
+            if self.clock.now() - last_deep >= DEEP_SWEEP_S:
+                # Rare and costly (PJSIPShowContacts: 2.4 s per 1,000 contacts): only for
+                # sessions that waited a full DEEP_SWEEP_S for their phone.
+                last_deep = self.clock.now()
+                for site in self.pbx:
+                    await self.manager.sweep_pending_deep(site, DEEP_SWEEP_S)
             await self.clock.sleep(self.reap_interval_s)
 
     def _pump(self, site: str, client: PbxClient) -> Any:

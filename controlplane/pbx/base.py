@@ -133,6 +133,11 @@ class PbxClient(abc.ABC):
     @abc.abstractmethod
     async def contacts(self) -> list[Contact]: ...
 
+    def known_contacts(self) -> set[str]:
+        """Endpoints (extensions) this client believes registered, from its events and its
+        last re-read; no PBX round trip. Empty when the adapter keeps no such picture."""
+        return set()
+
     @abc.abstractmethod
     async def reload(self, module: str | None = None) -> None: ...
 

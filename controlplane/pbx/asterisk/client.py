@@ -456,6 +456,9 @@ class AsteriskClient(PbxClient):
             raise
         return [contact_from(m.frame) for m in msgs if m.get("Event", "") == "ContactList"]
 
+    def known_contacts(self) -> set[str]:
+        return set(self.registered)
+
     async def reload(self, module: str | None = None) -> None:
         await self.command("Reload", [("Module", module)] if module else [], as_list=False)
 

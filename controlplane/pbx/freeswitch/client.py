@@ -196,6 +196,9 @@ class FreeswitchClient(PbxClient):
             for r in rows
         ]
 
+    def known_contacts(self) -> set[str]:
+        return {c.endpoint.split("@", 1)[0] for c in self.registrations}
+
     async def reload(self, module: str | None = None) -> None:
         await self.api(f"reload {_arg('module', module)}" if module else "reloadxml")
 
