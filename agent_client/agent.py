@@ -12,8 +12,9 @@ The reference design's client half, step for step:
    registration refreshes. One failing signal only makes the agent *suspect*; a failure
    is *confirmed* when two different signals have been failing together for
    ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody).
-4. On a confirmed failure: log in at another site (which replaces the old session), then
-   log out / un-register at the old site where it still answers (in the background).
+4. On a confirmed failure: log in at another site, which replaces the old session (the
+   service ends it as a logout would), and un-register the line at the old registrar
+   where it still answers (in the background, 2 s at most).
 
 Every transition is an :class:`AgentEvent` with a monotonic timestamp. Timings are data
 (:class:`AgentTimings`); the login reply's ``timings`` override the heartbeat interval.
@@ -401,22 +402,26 @@ class Agent:
         self.detector.ok(Signal.LOGIN_SERVICE)
         self.detector.ok(Signal.SESSION_CHANNEL)
 
-    async def _leave(self, sess: _Session, why: str) -> None:
-        """Close the channel now; log out at the old service in the background (where it
-        still answers). The next login replaces the old session anyway."""
+    async def _leave(self, sess: _Session, why: str, logout: bool = False) -> None:
+        """Close the channel. On a move there is no separate logout: the login at the other
+        site replaces this session, and the service ends it there as a logout would
+        (members removed where the PBX answers, virtual ID released, history "replaced"),
+        which spared the old service a thousand logouts in a thousand-agent move."""
         if sess.ws is not None:
             await sess.ws.close()
         if self.session is sess:
             self.session = None
+        if not logout:
+            return
         b = sess.body
 
-        async def logout() -> None:
+        async def post_logout() -> None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with asyncio.timeout(self.timings.login_timeout_s):
                     async with self.http.post(f"{sess.url}/v1/logout", json={
                             "session_id": b["session_id"], "token": b["token"]}) as r:
                         await r.read()
-        self._spawn(logout(), f"logout-{self.account}")
+        self._spawn(post_logout(), f"logout-{self.account}")
 
     # -- stop --------------------------------------------------------------------
     async def stop(self, logout: bool = True) -> None:
@@ -424,7 +429,7 @@ class Agent:
         self._stopping = True
         sess = self.session
         if logout and sess is not None:
-            await self._leave(sess, "logout")
+            await self._leave(sess, "logout", logout=True)
         if self.line is not None and self.line.registrar is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):

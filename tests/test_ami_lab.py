@@ -81,6 +81,11 @@ async def test_freeze_reported_unreachable_within_2s(ami_a: AsteriskClient) -> N
 
 async def test_kill_start_reconnects_and_rereads_state(ami_a: AsteriskClient) -> None:
     await ami_a.queue_add("sales", "PJSIP/1010", name="before-kill")
+    # The QueueMemberAdded event may follow the action's Response: wait for the picture.
+    for _ in range(100):
+        if "PJSIP/1010" in ami_a.members.get("sales", {}):
+            break
+        await asyncio.sleep(0.02)
     assert "PJSIP/1010" in ami_a.members.get("sales", {})
     sub = ami_a.events()
     try:

@@ -295,10 +295,14 @@ class Drill:
                 detect.append(sus.at - self.t0)
             if a.site != initial[a.account] and a.state in READY:
                 moved += 1
-                last_ready = next((e for e in reversed(after) if e.state is AgentState.READY), None)
-                if last_ready is not None:
-                    recov.append(last_ready.at - self.t0)
-                    per_agent.append((last_ready.at - self.t0, a))
+                # Recovered: the first time it was ready at the site it ended at, after it
+                # last left the old one (a later suspicion there is not a second failover).
+                last_move = max((i for i, e in enumerate(after) if e.state is AgentState.MOVING), default=-1)
+                ready = next((e for e in after[last_move + 1:] if e.state is AgentState.READY and e.site == a.site),
+                             None)
+                if ready is not None:
+                    recov.append(ready.at - self.t0)
+                    per_agent.append((ready.at - self.t0, a))
         # The slowest agents' own story, for whoever reads a failed drill.
         slowest = [{"account": a.account, "recovery_s": round(r, 3),
                     "events": [[round(e.at - self.t0, 3), e.state.value, e.site, e.detail] for e in a.events

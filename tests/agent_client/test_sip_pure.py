@@ -335,3 +335,32 @@ async def test_fleet_registers_and_moves_through_the_rate_limit() -> None:
     assert fleet.lines[0].registrar == ("10.77.0.12", 5060)
     assert "registered" in rep.summary() and "failures 1" in rep.summary()
     fleet.close()
+
+
+async def test_unregister_from_the_old_registrar_leaves_the_move_alone() -> None:
+    """A failover moves the line to b while un-registering at a (dead: no answer). The
+    un-registration has its own dialog: the line ends at b, with b's Call-ID."""
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    reg = FakeRegistrar(t, "lab-1001")
+
+    def send(data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] != "10.77.0.11":  # site a is dead
+            reg(data, addr)
+        else:
+            reg.seen.append(parse(data))
+
+    t._sendto = send
+    line = PhoneLine(t, "1001", "lab-1001")
+    a, b = ("10.77.0.11", 5060), ("10.77.0.12", 5060)
+    line.registrar = a  # registered at a before it died
+    gone = asyncio.ensure_future(line.unregister_from(a, limit_s=2.0))
+    ev = await line.register(b, expires=120)
+    assert ev.kind is LineEventKind.REGISTERED
+    clock.advance(2.1)  # the un-registration at a times out
+    assert await gone is False
+    assert line.registrar == b and line.state is LineState.REGISTERED
+    to_a = [m for m in reg.seen if m.uri.startswith("sip:10.77.0.11")]
+    to_b = [m for m in reg.seen if m.uri.startswith("sip:10.77.0.12")]
+    assert to_a[0].get("Expires") == "0" and to_a[0].call_id != to_b[-1].call_id
+    line.close()
