@@ -51,6 +51,7 @@ ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/
 REDIS_DB = 14
 LOGIN_PORTS = {"a": 18281, "b": 18282}
 READY = (AgentState.READY, AgentState.SUSPECT)
+LOGIN_RAMP = 250.0  # agents starting per second before the faults
 
 
 def mac(i: int) -> str:
@@ -182,7 +183,13 @@ class Drill:
                 await self.apply(f)
             self.agents = [Agent(f"drill{i:05d}", "pw", mac(i), urls, transport, http, timings=self.timings,
                                  gate=bucket.acquire) for i in range(sc.agents)]
-            self.tasks = [asyncio.create_task(a.run(), name=f"agent-{a.account}") for a in self.agents]
+            # Agents start at LOGIN_RAMP per second: a shift starting, not one instant. All at
+            # once, 1,000 logins queued past the client's timeout at the home service, and a
+            # third of the agents started the drill at the other site.
+            for k, a in enumerate(self.agents):
+                self.tasks.append(asyncio.create_task(a.run(), name=f"agent-{a.account}"))
+                if k % 50 == 49:
+                    await asyncio.sleep(50 / LOGIN_RAMP)
             deadline = time.monotonic() + 60 + sc.agents / 100
             while time.monotonic() < deadline:
                 ready = sum(1 for a in self.agents if a.state in READY)
