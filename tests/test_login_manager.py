@@ -439,3 +439,23 @@ async def test_a_lost_registration_event_is_caught_by_the_pending_sweeps(
     assert await env.mgr.sweep_pending_deep("a", older_than_s=10) == 1
     await env.mgr.drain()
     assert (await env.sessions.get(body["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
+
+
+async def test_a_replaced_session_leaves_its_successors_members_and_pending_entry(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    """The same agent, same phone, same site, logged in twice (a login that timed out at
+    the client but completed at the service, then a second one): ending the first must
+    neither remove the queue members the second shares nor its wait for the phone."""
+    _, first = await _login(client, 1)
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    env.mgr.registered["a"].discard("2001")  # the phone re-registers after the second login
+    _, second = await _login(client, 1)
+    await env.mgr.drain()  # the first session is ended as "replaced"
+    assert set(env.pbx["a"].members["sales-a"]) == {"PJSIP/2001"}  # still there for the second
+    assert env.mgr.pending["a"].by_ext.get("2001") == second["session_id"]
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    assert (await env.sessions.get(second["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
+    assert env.dir.history[first["session_id"]]["end_reason"] == "replaced"

@@ -408,11 +408,25 @@ class LoginManager:
         return True
 
     async def _cleanup(self, s: LiveSession, why: str) -> None:
-        self.pending[s.site].by_ext.pop(s.extension, None)
-        self.pending[s.site].since.pop(s.extension, None)
+        p = self.pending[s.site]
+        if p.by_ext.get(s.extension) == s.id:  # not the waiting entry of its replacement
+            p.by_ext.pop(s.extension, None)
+            p.since.pop(s.extension, None)
+        # A session replaced by a new login of the same agent on the same phone at the same
+        # site shares its queue members (same interface): removing them would pull the rug
+        # from under the new session's CTI registration (seen in a 1,000-agent failover,
+        # where a login that timed out at the client still completed at the service).
+        keep: set[str] = set()
+        current = await self.sessions.current(s.account)
+        if current is not None and current != s.id:
+            successor = await self.sessions.get(current)
+            if successor is not None and (successor.site, successor.extension) == (s.site, s.extension):
+                keep = {q for q, _ in successor.queues}
         pbx = self.pbx.get(s.site)
         if pbx is not None and pbx.state is LinkState.UP:
             for q, _ in s.queues:
+                if q in keep:
+                    continue
                 try:
                     await pbx.queue_remove(q, f"PJSIP/{s.extension}")
                 except PbxError as exc:  # not a member (CTI never completed) is fine

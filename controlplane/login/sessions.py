@@ -79,6 +79,11 @@ class SessionStore:
         prev = _text(old) if old else None
         return prev if prev != s.id else None
 
+    async def current(self, account: str) -> str | None:
+        """The id of the account's live session, if any (the newest login wins)."""
+        v = await self.redis.get(self._acct(account))
+        return _text(v) if v else None
+
     async def get(self, sid: str) -> LiveSession | None:
         h = await self.redis.hgetall(self._k(sid))
         return LiveSession.from_redis(h) if h else None
