@@ -276,11 +276,19 @@ class Agent:
             self._to(AgentState.REGISTERING, f"registration failed: {ev.detail}")
             return False
         self._to(AgentState.AWAITING_CTI)
+        # Wait for CTI, unless the session ends first: a login this client gave up on can
+        # still complete at a busy service and replace this one (seen in a 1,000-agent
+        # failover); waiting out the CTI timeout on a dead session cost 20 s.
+        cti = asyncio.ensure_future(sess.cti.wait())
+        ended = asyncio.ensure_future(sess.ended.wait())
         try:
-            async with asyncio.timeout(self.timings.cti_timeout_s):
-                await sess.cti.wait()
-        except TimeoutError:
-            self._to(AgentState.AWAITING_CTI, "no CTI registration")
+            await asyncio.wait({cti, ended}, timeout=self.timings.cti_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cti.cancel()
+            ended.cancel()
+        if not sess.cti.is_set():
+            self._to(AgentState.AWAITING_CTI, "session ended" if sess.ended.is_set() else "no CTI registration")
             return False
         self._to(AgentState.READY)
         return True

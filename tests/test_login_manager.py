@@ -216,7 +216,7 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
         st = await r.json()
         assert r.status == 200 and st["healthy"] is True
         assert st["pbx"] == {"a": {"state": "up"}, "b": {"state": "up"}}
-        assert set(st["tasks"]) == {"pbx-events-a", "pbx-events-b", "reaper"}
+        assert set(st["tasks"]) == {"pbx-events-a", "pbx-events-b", "reaper", "ended-relay"}
         status, body = await _login(c, 1)
         assert status == 200
         ws = await c.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
@@ -459,3 +459,39 @@ async def test_a_replaced_session_leaves_its_successors_members_and_pending_entr
     await env.mgr.drain()
     assert (await env.sessions.get(second["session_id"])).state == "cti_registered"  # type: ignore[union-attr]
     assert env.dir.history[first["session_id"]]["end_reason"] == "replaced"
+
+
+async def test_session_ended_by_the_other_sites_service_reaches_the_client(redis_client: Any) -> None:
+    """The client's channel is at service a; service b ends that session (a login there
+    replaced it). The "ended" push crosses services through Redis."""
+    from controlplane.login.service import LoginService
+
+    d = MemoryDirectory(FAST)
+    d.add_agent("agent01", "pw-agent01")
+    for site in ("a", "b"):
+        d.lines[("001122000001", site)] = Line(site, "2001", "2001", "s")
+        d.queue_map[("sales", site)] = f"sales-{site}"
+    pbx = {"a": FakePbx("a"), "b": FakePbx("b")}
+    svcs = {s: LoginService(s, TOPO, d, pbx, redis_client, "tok", prefix=redis_client.test_prefix, session_ttl_s=30)
+            for s in ("a", "b")}
+    for svc in svcs.values():
+        await svc.start_loops()
+    try:
+        async with TestClient(TestServer(svcs["a"].app)) as ca, TestClient(TestServer(svcs["b"].app)) as cb:
+            _, first = await _login(ca, 1)
+            ws = await ca.ws_connect(f"/v1/session/{first['session_id']}/ws?token={first['token']}")
+            assert (await ws.receive_json())["type"] == "hello"
+            await asyncio.sleep(0.1)  # the relay subscribed
+            status, _ = await _login(cb, 1)
+            assert status == 200
+
+            async def ended() -> dict[str, Any]:
+                while True:
+                    m: dict[str, Any] = await ws.receive_json()
+                    if m["type"] == "session":
+                        return m
+            assert await asyncio.wait_for(ended(), 5) == {"type": "session", "state": "ended", "why": "replaced"}
+            await ws.close()
+    finally:
+        for svc in svcs.values():
+            await svc.stop()

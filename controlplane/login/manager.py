@@ -13,6 +13,7 @@ cheap"), then read back before the client hears "cti_registered".
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -436,7 +437,14 @@ class LoginManager:
         await self.sessions.redis.delete(f"{self.sessions.p}sess:token:{s.id}")
         self.tokens.pop(s.id, None)
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})
+        # The client's session channel may be held by another site's service (it served the
+        # login; this one served the login that replaced it): tell every service.
+        await self.sessions.redis.publish(self.ended_channel, json.dumps({"session_id": s.id, "why": why}))
         log.info("session of %s at %s ended (%s)", s.account, s.site, why)
+
+    @property
+    def ended_channel(self) -> str:
+        return f"{self.sessions.p}sess:ended"
 
     async def reap_once(self) -> int:
         expired = await self.sessions.claim_expired(self.clock.now())

@@ -9,6 +9,7 @@ Loops (each a named task under the supervisor):
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -16,7 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from controlplane.login.authn import Authenticator
-from controlplane.login.http import SOCKETS, broadcast, build_app
+from controlplane.login.http import SOCKETS, broadcast, build_app, push
 from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
@@ -87,9 +88,26 @@ class LoginService:
                     await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
         return loop
 
+    async def _relay_ended(self) -> None:
+        """Sessions ended by any service (a login elsewhere replaced them): push "ended"
+        to the session channels held here."""
+        ps = self.redis.pubsub()
+        await ps.subscribe(self.manager.ended_channel)
+        try:
+            async for msg in ps.listen():
+                if msg.get("type") != "message":
+                    continue
+                data = json.loads(msg["data"])
+                sid = str(data.get("session_id", ""))
+                if self.app[SOCKETS].get(sid):
+                    await push(self.app, sid, {"type": "session", "state": "ended", "why": data.get("why", "")})
+        finally:
+            await ps.aclose()  # type: ignore[no-untyped-call]
+
     async def start_loops(self) -> None:
         for site, client in self.pbx.items():
             self.supervisor.spawn(f"pbx-events-{site}", self._pump(site, client))
+        self.supervisor.spawn("ended-relay", self._relay_ended)
         own = self.pbx.get(self.manager.site.id)
         if own is not None and own.state is LinkState.UP:
             # Its PBX_UP came before we listened: clean up what an earlier run left behind.
