@@ -97,7 +97,7 @@ async def test_login_then_phone_registration_adds_members_and_reads_back(
     assert env.pbx["a"].calls == [
         ("QueueAdd", "sales-a", "PJSIP/2001", "agent01/1", 0),
         ("QueueAdd", "vip-a", "PJSIP/2001", "agent01/1", 3),
-        ("QueueStatus", "sales-a", None),  # read-backs are batched per queue (manager.ReadBack)
+        ("QueueStatus", "sales-a", None),  # read-backs are batched per queue (login.readback.ReadBack)
         ("QueueStatus", "vip-a", None),
     ]
     msg = await ws.receive_json()

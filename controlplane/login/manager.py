@@ -30,6 +30,7 @@ from controlplane.login.authn import Authenticator
 from controlplane.login.decide import decide_site
 from controlplane.login.ports import AgentRecord, Directory
 from controlplane.login.ratelimit import LoginRateLimiter
+from controlplane.login.readback import ReadBack
 from controlplane.login.sessions import LiveSession, SessionStore
 from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
 from controlplane.runtime.clock import Clock, RealClock
@@ -50,51 +51,6 @@ REHASH_INTERVAL_S = 0.2  # at most 5 upgrades a second per service: ~10 % of one
 _DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 
 Push = Callable[[str, dict[str, Any]], Awaitable[None]]  # (session id, message)
-
-
-class ReadBack:
-    """Queue membership read back through the PBX, batched per queue.
-
-    One ``QueueStatus`` per agent with a Member filter costs Asterisk a scan of every
-    member of the queue: O(N^2) for a mass login, and with 10,000 agents the read-backs
-    queued behind each other past the command timeout. Read-backs asked for while one
-    QueueStatus of that queue is being prepared share it; each is asked after its own
-    QueueAdd completed, and the QueueStatus is sent after it is asked, so it sees the add.
-    """
-
-    BATCH_S = 0.05
-
-    def __init__(self, pbx: PbxClient) -> None:
-        self.pbx = pbx
-        self.waiting: dict[str, list[tuple[str, asyncio.Future[bool]]]] = {}
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self.reads = 0  # QueueStatus actions sent (tests, metrics)
-
-    async def has(self, queue: str, interface: str) -> bool:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(queue, []).append((interface, fut))
-        if queue not in self.running:
-            self.running[queue] = asyncio.create_task(self._serve(queue), name=f"readback-{queue}")
-        return await fut
-
-    async def _serve(self, queue: str) -> None:
-        try:
-            await asyncio.sleep(self.BATCH_S)  # let the adds completing now join this read
-            while self.waiting.get(queue):
-                batch = self.waiting.pop(queue)
-                self.reads += 1
-                try:
-                    members = {m.interface for m in await self.pbx.queue_status(queue)}
-                except Exception as exc:
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                for iface, f in batch:
-                    if not f.done():
-                        f.set_result(iface in members)
-        finally:
-            self.running.pop(queue, None)
 
 
 async def _add_member(pbx: PbxClient, queue: str, iface: str, name: str, penalty: int) -> None:
