@@ -65,6 +65,10 @@ class SipTimeout(PbxUnreachable):
     """No final response before Timer F fired."""
 
 
+class SipTransportClosed(SipTimeout):
+    """The transport was closed: no request can be sent or answered any more."""
+
+
 def new_branch() -> str:
     return "z9hG4bK" + secrets.token_hex(8)
 
@@ -177,6 +181,9 @@ class SipTransport(asyncio.DatagramProtocol):
         self._tx.clear()
         if self._udp is not None:
             self._udp.close()
+            # A refresh that starts after this gets SipTransportClosed (a failed
+            # registration), not an AttributeError from inside a closed asyncio transport.
+            self._sendto = None
 
     # -- users ------------------------------------------------------------------
     def bind_user(self, user: str, handler: RequestHandler) -> None:
@@ -197,7 +204,7 @@ class SipTransport(asyncio.DatagramProtocol):
     # -- sending ----------------------------------------------------------------
     def send(self, msg: SipMessage | bytes, addr: Addr) -> None:
         if self._sendto is None:
-            raise RuntimeError("transport is not open")
+            raise SipTransportClosed("SIP transport is closed")
         self.stats.sent += 1
         self._sendto(msg if isinstance(msg, bytes) else msg.encode(), addr)
 

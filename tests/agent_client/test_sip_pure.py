@@ -364,3 +364,14 @@ async def test_unregister_from_the_old_registrar_leaves_the_move_alone() -> None
     to_b = [m for m in reg.seen if m.uri.startswith("sip:10.77.0.12")]
     assert to_a[0].get("Expires") == "0" and to_a[0].call_id != to_b[-1].call_id
     line.close()
+
+
+async def test_a_refresh_after_the_transport_closed_fails_cleanly() -> None:
+    """Seen in the failover bench: a registration refresh starting after its fleet's
+    socket closed raised AttributeError from inside asyncio, in a task nobody awaited."""
+    t = await SipTransport.open("127.0.0.1", 0)
+    line = PhoneLine(t, "1001", "lab-1001")
+    t.close()
+    ev = await line.register(("127.0.0.1", 9), expires=60)
+    assert ev.kind is LineEventKind.REGISTRATION_FAILED and "closed" in ev.detail
+    line.close()
