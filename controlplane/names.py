@@ -13,3 +13,12 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # systems, skill g
 ACCOUNT = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 EXTENSION = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 SIP_USER = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+
+_MAC_SEPARATORS = re.compile(r"[:.\-\s]")
+_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+
+
+def normalize_mac(raw: str) -> str | None:
+    """00:11:22:AA:BB:CC, 00-11-22-aa-bb-cc, 0011.22aa.bbcc, 001122aabbcc -> 001122aabbcc."""
+    h = _MAC_SEPARATORS.sub("", raw).lower()
+    return h if _MAC_HEX.match(h) else None

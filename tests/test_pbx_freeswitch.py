@@ -74,7 +74,7 @@ async def test_auth_ok_subscribes_and_reads_state(fake: FakeFreeswitch) -> None:
 
 async def test_bad_password_is_auth_failed_without_retry(fake: FakeFreeswitch) -> None:
     c = FreeswitchClient("fs-a", tcp_connect("127.0.0.1", fake.port), "wrong", FAST)
-    q = c.subscribe_queue()
+    q = c.events().queue
     await c.start()
     try:
         assert c.state is LinkState.AUTH_FAILED
@@ -127,7 +127,7 @@ async def test_bgapi_matched_by_job_uuid(fake: FakeFreeswitch) -> None:
 @pytest.mark.parametrize("fmt", ["plain", "json"])
 async def test_events_normalized(fake: FakeFreeswitch, fmt: str) -> None:
     c = await _client(fake, fmt=fmt)
-    q = c.subscribe_queue()
+    q = c.events().queue
     make = event_plain if fmt == "plain" else event_json
     try:
         assert fake.event_format == fmt
@@ -160,7 +160,7 @@ async def test_events_normalized(fake: FakeFreeswitch, fmt: str) -> None:
 
 async def test_disconnect_notice_reconnects_and_rereads(fake: FakeFreeswitch) -> None:
     c = await _client(fake)
-    q = c.subscribe_queue()
+    q = c.events().queue
     try:
         fake.authed.clear()
         await fake.disconnect()
@@ -178,7 +178,7 @@ async def test_silent_server_goes_unreachable_and_inflight_fails(
     fake: FakeFreeswitch,
 ) -> None:
     c = await _client(fake)
-    q = c.subscribe_queue()
+    q = c.events().queue
     try:
         fake.silent = True  # TCP stays open, nothing answers
         inflight = asyncio.create_task(c.api("status"))
@@ -207,7 +207,7 @@ async def test_recorded_session_auth_then_disconnect_notice() -> None:
     server = asyncio.create_task(serve_once(rep, "127.0.0.1", 0, ready))
     port = await ready
     c = FreeswitchClient("fs-a", tcp_connect("127.0.0.1", port), "ClueCon", FAST)
-    q = c.subscribe_queue()
+    q = c.events().queue
     await c.start()
     try:
         await _next(q, EventKind.PBX_DOWN)

@@ -18,18 +18,10 @@ from typing import Any
 
 import yaml
 
-from controlplane.names import ACCOUNT, EXTENSION, SAFE_ID, SAFE_NAME, SIP_USER
+from controlplane.names import ACCOUNT, EXTENSION, SAFE_ID, SAFE_NAME, SIP_USER, normalize_mac
 
-MAC_SEPARATORS = re.compile(r"[:.\-\s]")
-MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 KINDS = ("regions", "sites", "systems", "skill_groups", "agents", "devices", "rules", "virtual_agent_ids")
-
-
-def normalize_mac(raw: str) -> str | None:
-    """00:11:22:AA:BB:CC, 00-11-22-aa-bb-cc, 0011.22aa.bbcc, 001122aabbcc -> 001122aabbcc."""
-    h = MAC_SEPARATORS.sub("", raw).lower()
-    return h if MAC_HEX.match(h) else None
 
 
 @dataclass

@@ -32,6 +32,7 @@ from controlplane.login.ports import AgentRecord, Directory
 from controlplane.login.ratelimit import LoginRateLimiter
 from controlplane.login.readback import ReadBack
 from controlplane.login.sessions import LiveSession, SessionStore
+from controlplane.names import normalize_mac
 from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
 from controlplane.runtime.clock import Clock, RealClock
 from controlplane.settings import Site, Topology
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 CTI_RETRIES = 3  # a CTI registration failing on something other than the PBX is retried this often
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}/[0-9]+$")  # account/vaid: the members ccdr adds
-_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 # The login service's password profile: OWASP's minimum for argon2id (19 MiB, t=2, p=1),
 # ~20 ms a hash here. argon2-cffi's default (64 MiB, t=3, p=4) costs ~110 ms on 2 cores,
 # which caps a login storm at ~18 logins/s. Hashes made otherwise are upgraded on login.
@@ -61,11 +61,6 @@ async def _add_member(pbx: PbxClient, queue: str, iface: str, name: str, penalty
     except PbxCommandError as exc:
         if "already there" not in str(exc).lower():
             raise
-
-
-def normalize_mac(raw: str) -> str | None:
-    h = re.sub(r"[:.\-\s]", "", raw).lower()
-    return h if _MAC_HEX.match(h) else None
 
 
 @dataclass

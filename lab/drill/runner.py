@@ -274,18 +274,18 @@ class Drill:
         healed site must have been cleaned up), waiting up to 20 s for that to settle."""
         deadline = time.monotonic() + 20
         both = -1
-        while time.monotonic() < deadline:
-            clients = await self._clients()
-            try:
+        clients = await self._clients()  # once: they reconnect by themselves if a site restarts
+        try:
+            while time.monotonic() < deadline:
                 if all(c.state is LinkState.UP for c in clients.values()):
                     ms = {sid: {iface for _, iface in await self._members(c)} for sid, c in clients.items()}
                     both = len(ms["a"] & ms["b"])
                     if both == 0:
                         return 0
-            finally:
-                for c in clients.values():
-                    await c.close()
-            await asyncio.sleep(1)
+                await asyncio.sleep(1)
+        finally:
+            for c in clients.values():
+                await c.close()
         return both if both >= 0 else self.sc.agents
 
     def report(self, initial: dict[str, str | None], ready_before: int, samples: list[dict[str, Any]],

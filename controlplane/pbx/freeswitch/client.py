@@ -133,12 +133,6 @@ class FreeswitchClient(PbxClient):
     def events(self) -> Subscription:
         return Subscription(self._subscribers)
 
-    def subscribe_queue(self) -> asyncio.Queue[PbxEvent]:
-        """A queue receiving every normalized event (for callers without async for)."""
-        q: asyncio.Queue[PbxEvent] = asyncio.Queue()
-        self._subscribers.append(q)
-        return q
-
     async def ping(self) -> float:
         t0 = self._clock()
         await asyncio.wait_for(self.api("status"), self.timings.probe_timeout_s)
@@ -165,8 +159,8 @@ class FreeswitchClient(PbxClient):
         await self.api(f"callcenter_config agent set status {a} {status}")
 
     async def queue_status(self, queue: str | None = None, member: str | None = None) -> list[QueueMember]:
-        tiers = _table(await self.api("callcenter_config tier list"))
-        agents = {r.get("name", ""): r for r in _table(await self.api("callcenter_config agent list"))}
+        tiers = _rows(await self.api("callcenter_config tier list"), "|")
+        agents = {r.get("name", ""): r for r in _rows(await self.api("callcenter_config agent list"), "|")}
         out = []
         for t in tiers:
             if (queue is not None and t.get("queue") != queue) or (member is not None and t.get("agent") != member):
@@ -186,7 +180,7 @@ class FreeswitchClient(PbxClient):
         return out
 
     async def contacts(self) -> list[Contact]:
-        rows = _csv(await self.api("show registrations"))
+        rows = _rows(await self.api("show registrations"), ",")
         return [
             Contact(
                 endpoint=f"{r.get('reg_user', '')}@{r.get('realm', '')}",
@@ -422,19 +416,12 @@ def _arg(field: str, value: str) -> str:
     return value
 
 
-def _table(body: str) -> list[dict[str, str]]:
-    """A ``callcenter_config ... list`` answer: ``a|b|c`` header, rows, then ``+OK``."""
-    lines = [x for x in body.splitlines() if x and not x.startswith("+OK")]
+def _rows(body: str, sep: str) -> list[dict[str, str]]:
+    """A tabular ``api`` answer: a header line, rows, then a trailer. ``callcenter_config
+    ... list`` separates with ``|`` and ends with ``+OK``; ``show ...`` is CSV and ends with a
+    blank line and ``N total.``."""
+    lines = [x for x in body.splitlines() if x and not x.startswith("+OK") and not x.endswith(" total.")]
     if not lines:
         return []
-    head = lines[0].split("|")
-    return [dict(zip(head, row.split("|"), strict=False)) for row in lines[1:]]
-
-
-def _csv(body: str) -> list[dict[str, str]]:
-    """A ``show ...`` answer: CSV header, rows, a blank line, ``N total.``."""
-    lines = [x for x in body.splitlines() if x and not x.endswith(" total.")]
-    if not lines:
-        return []
-    head = lines[0].split(",")
-    return [dict(zip(head, row.split(","), strict=False)) for row in lines[1:]]
+    head = lines[0].split(sep)
+    return [dict(zip(head, row.split(sep), strict=False)) for row in lines[1:]]
