@@ -70,8 +70,12 @@ class AgentTimings:
     #: OPTIONS to the registrar while all is well, jittered (x0.5..1): 10,000 agents
     #: probing every 0.5 s would send Asterisk 20,000 OPTIONS a second
     sip_probe_interval_s: float = 5.0
-    #: while any signal is failing: probe at once, then this often (the active confirmation)
+    #: a newly failing signal: probe at once, then this often (the active confirmation) ...
     suspect_probe_interval_s: float = 0.25
+    #: ... for this long; then back to the steady interval even if the signal keeps failing.
+    #: Unbounded, 1,000 agents suspecting a busy registrar sent it 4,000 OPTIONS a second and
+    #: kept it too busy to answer them (a drill's login phase that never settled).
+    suspect_burst_s: float = 2.0
     sip_probe_timeout_s: float = 0.5
     #: two different signals failing together this long confirm a failure. Longer than a
     #: one-second network blip leaves the SIP probe failing (at most the cut, minus the
@@ -96,32 +100,78 @@ class FailureDetector:
     """Confirmation by two different signals: each signal is failing or not; a failure is
     confirmed once at least two different ones have been failing together for ``hold_s``."""
 
-    def __init__(self, hold_s: float, now: Callable[[], float]) -> None:
+    def __init__(self, hold_s: float, now: Callable[[], float],
+                 on_change: Callable[[], None] | None = None) -> None:
         self.hold_s = hold_s
         self.now = now
+        self.on_change = on_change  # the agent's watch loop sleeps until something changes
         self.failing: dict[Signal, float] = {}
         self._two_since: float | None = None
 
     def fail(self, sig: Signal) -> None:
-        self.failing.setdefault(sig, self.now())
+        if sig in self.failing:
+            return
+        self.failing[sig] = self.now()
         if len(self.failing) >= 2 and self._two_since is None:
             self._two_since = self.now()
+        if self.on_change is not None:
+            self.on_change()
 
     def ok(self, sig: Signal) -> None:
-        self.failing.pop(sig, None)
+        if self.failing.pop(sig, None) is None:
+            return
         if len(self.failing) < 2:
             self._two_since = None
+        if self.on_change is not None:
+            self.on_change()
+
+    def confirm_at(self) -> float:
+        """When the failure will be confirmed if nothing changes (inf: not on course)."""
+        return float("inf") if self._two_since is None else self._two_since + self.hold_s
 
     @property
     def suspect(self) -> bool:
         return bool(self.failing)
 
     def confirmed(self) -> bool:
-        return self._two_since is not None and self.now() - self._two_since >= self.hold_s
+        return self.now() >= self.confirm_at()
 
     def reset(self) -> None:
         self.failing.clear()
         self._two_since = None
+
+
+class ProbeSchedule:
+    """When to send the next SIP OPTIONS probe to the registrar.
+
+    Steady: every ``sip_probe_interval_s`` x (0.5..1), jittered so 10,000 agents spread out.
+    A signal that starts failing starts a burst: a probe at once, then every
+    ``suspect_probe_interval_s`` for ``suspect_burst_s`` (the active confirmation of the
+    first signal by a second one). After the burst the steady interval applies again, even
+    while the signal keeps failing: a slow registrar is not made slower by its agents."""
+
+    def __init__(self, timings: AgentTimings, rng: random.Random, now: float) -> None:
+        self.t = timings
+        self.rng = rng
+        self.next = now
+        self._burst_until = float("-inf")
+        self._failing: frozenset[Signal] = frozenset()
+
+    def failing(self, signals: frozenset[Signal], now: float) -> None:
+        if signals - self._failing:  # a new failing signal (not one that cleared)
+            self._burst_until = now + self.t.suspect_burst_s
+            self.next = now
+        self._failing = signals
+
+    def take(self, now: float) -> bool:
+        """True if a probe is due now (and schedules the one after it)."""
+        if now < self.next:
+            return False
+        if self._failing and now < self._burst_until:
+            self.next = now + self.t.suspect_probe_interval_s
+        else:
+            self.next = now + self.t.sip_probe_interval_s * (0.5 + 0.5 * self.rng.random())
+        return True
 
 
 class _Refused(Exception):
@@ -174,7 +224,8 @@ class Agent:
         self.events: list[AgentEvent] = []
         self.line: PhoneLine | None = None
         self.session: _Session | None = None
-        self.detector = FailureDetector(self.timings.confirm_hold_s, clock)
+        self._wake = asyncio.Event()
+        self.detector = FailureDetector(self.timings.confirm_hold_s, clock, on_change=self._wake.set)
         self._stopping = False
         self._probe_sent = self._probe_seen = 0
         self._rng = random.Random(account)
@@ -308,6 +359,9 @@ class Agent:
             data = json.loads(msg.data)
             kind = data.get("type")
             sess.last_server_hb = self.clock()
+            if self.session is sess and Signal.SESSION_CHANNEL in self.detector.failing:
+                # heartbeats late (a busy service), now flowing again: the channel is fine
+                self.detector.ok(Signal.SESSION_CHANNEL)
             if kind == "hello" and data.get("cti") == "cti_registered":
                 sess.cti.set()
             elif kind == "cti" and data.get("state") == "registered":
@@ -322,6 +376,7 @@ class Agent:
                     self.detector.fail(Signal.PBX_STATE)
             elif kind == "session" and data.get("state") == "ended":
                 sess.ended.set()
+                self._wake.set()
         if self.session is sess:
             self.detector.fail(Signal.SESSION_CHANNEL)
 
@@ -334,42 +389,53 @@ class Agent:
             self.detector.ok(Signal.REGISTRATION)
 
     async def _watch(self, sess: _Session) -> str:
-        """Until a confirmed failure (its description) or the session ends."""
+        """Until a confirmed failure (its description) or the session ends.
+
+        Sleeps until the next thing is due (a probe, a heartbeat, a heartbeat deadline, the
+        end of a confirmation hold) or something changes (a signal, the session channel):
+        10,000 agents polling every 50 ms cost a core by themselves."""
         t = self.timings
         hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
-        next_probe = next_hb = self.clock()
-        was_suspect = False
+        probes = ProbeSchedule(t, self._rng, self.clock())
+        next_hb = self.clock()
         reconnecting: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
+                self._wake.clear()
                 now = self.clock()
                 if sess.ended.is_set():
                     return "session ended by the login service"
                 if self.detector.confirmed():
                     return "confirmed: " + ", ".join(s.value for s in self.detector.failing)
-                want = AgentState.SUSPECT if self.detector.suspect else AgentState.READY
+                failing = frozenset(self.detector.failing)
+                want = AgentState.SUSPECT if failing else AgentState.READY
                 if want is not self.state:
                     self._to(want, ", ".join(s.value for s in self.detector.failing))
-                if self.detector.suspect and not was_suspect:
-                    next_probe = now  # a first failing signal: confirm at once by another one
-                was_suspect = self.detector.suspect
-                if now >= next_probe:
-                    if was_suspect:
-                        next_probe = now + t.suspect_probe_interval_s
-                    else:
-                        next_probe = now + t.sip_probe_interval_s * (0.5 + 0.5 * self._rng.random())
+                probes.failing(failing, now)
+                if probes.take(now):
                     self._spawn(self._probe(), f"probe-{self.account}")
                 ws = sess.ws
-                if ws is not None and not ws.closed and now >= next_hb:
-                    next_hb = now + hb
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_json({"type": "heartbeat"})
-                if ws is not None and not ws.closed and now - sess.last_server_hb > t.heartbeat_misses * hb:
-                    self.detector.fail(Signal.SESSION_CHANNEL)
-                if (ws is None or ws.closed) and (reconnecting is None or reconnecting.done()):
+                due = [probes.next, self.detector.confirm_at()]
+                if ws is not None and not ws.closed:
+                    if now >= next_hb:
+                        next_hb = now + hb
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            await ws.send_json({"type": "heartbeat"})
+                    late_at = sess.last_server_hb + t.heartbeat_misses * hb
+                    if now > late_at:
+                        self.detector.fail(Signal.SESSION_CHANNEL)
+                    due += [next_hb, late_at]
+                elif reconnecting is None or reconnecting.done():
                     self.detector.fail(Signal.SESSION_CHANNEL)
                     reconnecting = asyncio.create_task(self._reconnect(sess))
-                await asyncio.sleep(0.05)
+                    reconnecting.add_done_callback(lambda _: self._wake.set())
+                delay = min(due) - self.clock()
+                if delay > 0 and not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay + 0.001):
+                            await self._wake.wait()
+                else:
+                    await asyncio.sleep(0)
             return "stopped"
         finally:
             if reconnecting is not None:
@@ -435,6 +501,7 @@ class Agent:
     async def stop(self, logout: bool = True) -> None:
         """Log out (if asked and possible), un-register the line, end background work."""
         self._stopping = True
+        self._wake.set()
         sess = self.session
         if logout and sess is not None:
             await self._leave(sess, "logout", logout=True)

@@ -1,0 +1,70 @@
+"""The agent client's timing policy, on a fake clock: probes and the failure detector."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from agent_client.agent import AgentTimings, FailureDetector, ProbeSchedule, Signal
+
+T = AgentTimings()
+
+
+def probes_sent(schedule: ProbeSchedule, start: float, end: float, step: float = 0.01) -> list[float]:
+    sent, now = [], start
+    while now < end:
+        if schedule.take(now):
+            sent.append(now)
+        now += step
+    return sent
+
+
+def test_steady_probes_are_jittered_within_half_to_one_interval() -> None:
+    s = ProbeSchedule(T, random.Random(1), 0.0)
+    sent = probes_sent(s, 0.0, 300.0)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= T.sip_probe_interval_s * 0.5 - 0.02
+    assert max(gaps) <= T.sip_probe_interval_s + 0.02
+    assert len(set(round(g, 1) for g in gaps)) > 5  # spread, not one fixed beat
+
+
+def test_a_failing_signal_probes_at_once_then_fast_for_the_burst_only() -> None:
+    s = ProbeSchedule(T, random.Random(1), 0.0)
+    probes_sent(s, 0.0, 10.0)
+    s.failing(frozenset({Signal.SIP_PROBE}), 10.0)  # and it keeps failing for a minute
+    burst = probes_sent(s, 10.0, 10.0 + T.suspect_burst_s)
+    assert burst[0] == 10.0  # at once: the active confirmation
+    assert len(burst) >= T.suspect_burst_s / T.suspect_probe_interval_s - 1
+    after = probes_sent(s, 10.0 + T.suspect_burst_s, 70.0)
+    # Unbounded, this was 4 probes a second per agent for as long as the signal failed
+    # (240 here); bounded, the steady rate: at most one per half interval.
+    assert len(after) <= 60 / (T.sip_probe_interval_s * 0.5) + 1
+
+
+def test_only_a_newly_failing_signal_restarts_the_burst() -> None:
+    s = ProbeSchedule(T, random.Random(1), 0.0)
+    s.failing(frozenset({Signal.SIP_PROBE}), 0.0)
+    probes_sent(s, 0.0, 5.0)
+    s.failing(frozenset({Signal.SIP_PROBE, Signal.PBX_STATE}), 5.0)  # a second signal joins
+    assert s.take(5.0)
+    assert len(probes_sent(s, 5.0, 5.0 + T.suspect_burst_s)) >= 6
+    s.failing(frozenset({Signal.SIP_PROBE}), 8.0)  # one clears: no new burst
+    assert len(probes_sent(s, 8.0, 10.0)) <= 1
+
+
+def test_detector_reports_changes_and_when_it_will_confirm() -> None:
+    now = [0.0]
+    changes: list[int] = []
+    d = FailureDetector(1.0, lambda: now[0], on_change=lambda: changes.append(1))
+    assert d.confirm_at() == float("inf")
+    d.fail(Signal.SIP_PROBE)
+    d.fail(Signal.SIP_PROBE)  # again: no change
+    assert len(changes) == 1
+    now[0] = 0.4
+    d.fail(Signal.PBX_STATE)
+    assert d.confirm_at() == 1.4 and not d.confirmed()
+    now[0] = 1.4
+    assert d.confirmed()
+    d.ok(Signal.PBX_STATE)
+    d.ok(Signal.PBX_STATE)  # again: no change
+    assert len(changes) == 3 and d.confirm_at() == float("inf")
