@@ -12,9 +12,11 @@ The reference design's client half, step for step:
    registration refreshes. One failing signal only makes the agent *suspect*; a failure
    is *confirmed* when two different signals have been failing together for
    ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody).
-4. On a confirmed failure: log in at another site, which replaces the old session (the
-   service ends it as a logout would), and un-register the line at the old registrar
-   where it still answers (in the background, 2 s at most).
+4. On a confirmed failure: ask another site's login service to move the live session
+   there (``POST /v1/move``: same session, token and virtual ID, no password); if it no
+   longer knows the session, log in there afresh, which replaces the old session. Then
+   un-register the line at the old registrar where it still answers (in the background,
+   2 s at most).
 
 Every transition is an :class:`AgentEvent` with a monotonic timestamp. Timings are data
 (:class:`AgentTimings`); the login reply's ``timings`` override the heartbeat interval.
@@ -252,18 +254,22 @@ class Agent:
     async def run(self) -> None:
         """Log in and stay logged in somewhere until :meth:`stop`. Run it as a task."""
         order = list(self.login_urls)
+        resume: dict[str, Any] | None = None  # the live session to move, if any
         try:
             while not self._stopping:
                 try:
-                    sess = await self._login(order)
+                    sess = await self._login(order, resume)
                 except _Refused as exc:
                     self._to(AgentState.REFUSED, str(exc))
                     return
                 if sess is None:
                     await asyncio.sleep(self.timings.retry_s)
                     continue
+                resume = sess.body
                 if not await self._establish(sess):
                     order = self._others_first(sess.url)
+                    if sess.ended.is_set():
+                        resume = None
                     await self._leave(sess, "not established")
                     continue
                 why = await self._watch(sess)
@@ -271,6 +277,8 @@ class Agent:
                     return
                 self._to(AgentState.MOVING, why)
                 order = self._others_first(sess.url)
+                if sess.ended.is_set():
+                    resume = None
                 await self._leave(sess, why)
         finally:
             if self.session is not None and self.session.ws is not None:
@@ -279,26 +287,46 @@ class Agent:
     def _others_first(self, url: str) -> list[str]:
         return [u for u in self.login_urls if u != url] + [url]
 
-    async def _login(self, order: list[str]) -> _Session | None:
-        self._to(AgentState.LOGGING_IN)
+    async def _login(self, order: list[str], resume: dict[str, Any] | None = None) -> _Session | None:
+        """Log in at the first service in ``order`` that takes it. With ``resume`` (a live
+        session's reply), ask each service to move that session first (``POST /v1/move``:
+        no password, the same virtual ID); a service that no longer knows it gets a full
+        login instead."""
+        self._to(AgentState.LOGGING_IN, "move" if resume else "")
         for url in order:
-            try:
-                async with asyncio.timeout(self.timings.login_timeout_s):
-                    async with self.http.post(f"{url}/v1/login", json={
-                            "account": self.account, "password": self._password, "mac": self.mac}) as r:
-                        body = await r.json(content_type=None)
-                        status = r.status
-            except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-                self._to(AgentState.LOGGING_IN, f"{url}: {type(exc).__name__}")
-                continue
+            if resume is not None:
+                status, body = await self._post(url, "/v1/move", {
+                    "session_id": resume["session_id"], "token": resume["token"]})
+                if status == 200:
+                    self.site = str(body["site"])
+                    return _Session(url, body)
+                if status is None or status >= 500:
+                    continue  # that site is no better: try the next service, still moving
+                resume = None  # bad_session (ended meanwhile) or refused: log in afresh
+            status, body = await self._post(url, "/v1/login", {
+                "account": self.account, "password": self._password, "mac": self.mac})
             if status == 200:
                 self.site = str(body["site"])
                 return _Session(url, body)
             code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
             if code in ("bad_credentials", "unknown_mac", "bad_request"):
                 raise _Refused(f"{url}: {code}")
-            self._to(AgentState.LOGGING_IN, f"{url}: {status} {code}")
         return None
+
+    async def _post(self, url: str, path: str, payload: dict[str, Any]) -> tuple[int | None, Any]:
+        """(status, JSON body); (None, None) if the service did not answer in time."""
+        try:
+            async with asyncio.timeout(self.timings.login_timeout_s):
+                async with self.http.post(f"{url}{path}", json=payload) as r:
+                    body = await r.json(content_type=None)
+                    status = r.status
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            self._to(AgentState.LOGGING_IN, f"{url}{path}: {type(exc).__name__}")
+            return None, None
+        if status != 200:
+            code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
+            self._to(AgentState.LOGGING_IN, f"{url}{path}: {status} {code}")
+        return status, body
 
     async def _establish(self, sess: _Session) -> bool:
         """Register the line and wait for CTI registration; False if either fails."""

@@ -94,6 +94,7 @@ class MemoryDirectory:
         self.held: dict[str, int] = {}
         self.hasher = hasher
         self.history: dict[str, dict[str, Any]] = {}
+        self.moves: list[tuple[str, str, str, str]] = []
 
     def add_agent(self, account: str, password: str, system: str = "cards", region: str = "east",
                   skills: tuple[tuple[str, int], ...] = (("sales", 0),)) -> None:
@@ -133,6 +134,21 @@ class MemoryDirectory:
                               vaid: int, reason: str) -> None:
         self.history[session_id] = {"account": account, "site": site, "mac": mac, "extension": extension,
                                     "vaid": vaid, "reason": reason, "end_reason": None}
+
+    async def move_target(self, account: str, mac: str, site: str) -> tuple[Line, list[tuple[str, int]]] | None:
+        line = self.lines.get((mac, site))
+        rec = self.agents.get(account)
+        if line is None or rec is None:
+            return None
+        qs = await self.queues(tuple(g for g, _ in rec.skill_penalties), site)
+        pen = dict(rec.skill_penalties)
+        return line, sorted((q, pen[g]) for g, q in qs.items())
+
+    async def session_moved(self, session_id: str, from_site: str, to_site: str, extension: str) -> None:
+        self.moves.append((session_id, from_site, to_site, extension))
+        h = self.history.get(session_id)
+        if h is not None:
+            h["site"], h["extension"] = to_site, extension
 
     async def session_ended(self, session_id: str, why: str) -> None:
         h = self.history.get(session_id)

@@ -147,3 +147,21 @@ async def test_session_history_and_password_rehash_in_postgres(pg: Any) -> None:
     assert (await d.agent("alice")).password_hash == alice.password_hash  # type: ignore[union-attr]
     await d.set_password_hash("alice", alice.password_hash, "$argon2id$new")
     assert (await d.agent("alice")).password_hash == "$argon2id$new"  # type: ignore[union-attr]
+
+
+async def test_move_target_and_move_history_in_postgres(pg: Any) -> None:
+    async with pg.acquire() as c:
+        await import_files(c, GOOD)
+    d = PgDirectory(pg)
+    got = await d.move_target("alice", "001122aabb02", "b")  # one round trip: line and queues
+    assert got is not None
+    line, queues = got
+    assert (line.site, line.extension, line.sip_password) == ("b", "3002", "secret-b2")
+    assert queues == [("sales", 0), ("vip-b", 2)]
+    assert await d.move_target("alice", "0011220000ff", "b") is None  # no such device
+    await d.session_started("s1", "alice", "a", "001122aabb02", "2002", 7, "local")
+    await d.session_moved("s1", "a", "b", "3002")
+    row = await pg.fetchrow("SELECT site, extension, vaid, ended_at IS NULL AS open FROM sessions WHERE id = 's1'")
+    assert dict(row) == {"site": "b", "extension": "3002", "vaid": 7, "open": True}
+    moves = await pg.fetch("SELECT from_site, to_site, extension FROM session_moves WHERE session_id = 's1'")
+    assert [tuple(m) for m in moves] == [("a", "b", "3002")]

@@ -495,3 +495,90 @@ async def test_session_ended_by_the_other_sites_service_reaches_the_client(redis
     finally:
         for svc in svcs.values():
             await svc.stop()
+
+
+# --- move: re-homing a live session (POST /v1/move) ----------------------------------
+
+
+async def _at_b(env: Env) -> tuple[LoginManager, TestClient[Any, Any]]:
+    mgr_b = LoginManager("b", TOPO, env.dir, env.sessions, env.limiter, env.pbx, clock=env.clock, hasher=FAST)
+    c = TestClient(TestServer(build_app(mgr_b, admin_token="admin-secret")))
+    await c.start_server()
+    return mgr_b, c
+
+
+async def test_move_rehomes_the_session_in_place(client: TestClient[Any, Any], env: Env) -> None:
+    status, body = await _login(client, 1)
+    assert status == 200 and body["site"] == "a"
+    await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    assert set(env.pbx["a"].members["sales-a"]) == {"PJSIP/2001"}
+    mgr_b, cb = await _at_b(env)
+    try:
+        env.pbx["a"].set_state(LinkState.UNREACHABLE)  # site a dies; the client moves to b
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": "wrong"})
+        assert r.status == 401 and (await r.json())["error"]["code"] == "bad_session"
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        moved = await r.json()
+        assert r.status == 200, moved
+        assert moved["site"] == "b" and moved["reason"] == "move" and moved["extension"] == "3001"
+        assert moved["session_id"] == body["session_id"] and moved["token"] == body["token"]
+        assert moved["virtual_agent_id"] == body["virtual_agent_id"]  # no new allocation
+        assert moved["queues"] == ["sales-b", "vip-b"]
+        assert moved["registrar"]["host"] == "10.9.0.2"
+        assert env.pbx["b"].calls == []  # members follow the phone's registration, as at login
+        await mgr_b.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3001"))
+        await mgr_b.drain()
+        assert env.pbx["b"].members["sales-b"]["PJSIP/3001"].name == "agent01/1"
+        assert env.pbx["b"].members["vip-b"]["PJSIP/3001"].penalty == 3
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and (s.site, s.extension, s.state) == ("b", "3001", "cti_registered")
+        assert await env.sessions.count() == 1 and list(env.dir.held.values()) == [1]
+        assert env.dir.moves == [(body["session_id"], "a", "b", "3001")]
+        assert env.dir.history[body["session_id"]]["site"] == "b"
+        # Site a comes back holding the member of an agent that now works at b: removed.
+        env.pbx["a"].set_state(LinkState.UP)
+        assert await env.mgr.reconcile_site("a") == 2  # sales-a and vip-a
+        assert env.pbx["a"].members["sales-a"] == env.pbx["a"].members["vip-a"] == {}
+        assert "PJSIP/3001" in env.pbx["b"].members["sales-b"]
+        # A logout at b ends it there, and releases the virtual ID.
+        r = await cb.post("/v1/logout", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 200
+        await mgr_b.drain()
+        assert env.pbx["b"].members["sales-b"] == {} and env.dir.held == {}
+    finally:
+        await cb.close()
+
+
+async def test_old_sites_late_cti_registration_does_not_follow_a_moved_session(
+        client: TestClient[Any, Any], env: Env) -> None:
+    status, body = await _login(client, 2)  # waiting for its phone at a
+    assert status == 200
+    _, cb = await _at_b(env)
+    try:
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 200
+        # The phone's old registration at a shows up late at a's service: nothing added at a.
+        await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2002"))
+        await env.mgr.drain()
+        assert [c for c in env.pbx["a"].calls if c[0] == "QueueAdd"] == []
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and (s.site, s.state) == ("b", "awaiting_phone")
+    finally:
+        await cb.close()
+
+
+async def test_move_to_a_site_whose_pbx_is_down_is_refused(client: TestClient[Any, Any], env: Env) -> None:
+    status, body = await _login(client, 3)
+    assert status == 200
+    _, cb = await _at_b(env)
+    try:
+        env.pbx["b"].set_state(LinkState.UNREACHABLE)
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 503 and (await r.json())["error"]["code"] == "pbx_unreachable"
+        r = await cb.post("/v1/move", json={"session_id": "nope", "token": body["token"]})
+        assert r.status == 401
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and s.site == "a"  # nothing changed
+    finally:
+        await cb.close()

@@ -29,6 +29,24 @@ GROUP BY a.account
 """
 
 
+# A moving session's line at the new site and its agent's queues there, in one round trip.
+_MOVE_TARGET = """
+SELECT l.extension, l.sip_username, l.sip_password,
+       coalesce(array_agg(q.queue ORDER BY q.queue) FILTER (WHERE q.queue IS NOT NULL), '{}') AS queues,
+       coalesce(array_agg(s.penalty ORDER BY q.queue) FILTER (WHERE q.queue IS NOT NULL), '{}') AS penalties
+FROM device_lines l
+LEFT JOIN agent_skills s ON s.account = $1
+LEFT JOIN skill_group_queues q ON q.skill_group = s.skill_group AND q.site = l.site
+WHERE l.mac = $2 AND l.site = $3
+GROUP BY l.extension, l.sip_username, l.sip_password
+"""
+
+_MOVED = """
+WITH m AS (INSERT INTO session_moves (session_id, from_site, to_site, extension) VALUES ($1, $2, $3, $4))
+UPDATE sessions SET site = $3, extension = $4 WHERE id = $1
+"""
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """A pool reset that sends nothing: the login path sets no session state (no LISTEN,
     no advisory locks, no SET), and asyncpg's default reset costs a round trip on every
@@ -108,3 +126,13 @@ class PgDirectory:
     async def session_ended(self, session_id: str, why: str) -> None:
         await self.pool.execute("UPDATE sessions SET ended_at = now(), end_reason = $2"
                                 " WHERE id = $1 AND ended_at IS NULL", session_id, why)
+
+    async def move_target(self, account: str, mac: str, site: str) -> tuple[Line, list[tuple[str, int]]] | None:
+        row = await self.pool.fetchrow(_MOVE_TARGET, account, mac, site)
+        if row is None:
+            return None
+        line = Line(site, row["extension"], row["sip_username"], row["sip_password"])
+        return line, list(zip(row["queues"], row["penalties"], strict=True))
+
+    async def session_moved(self, session_id: str, from_site: str, to_site: str, extension: str) -> None:
+        await self.pool.execute(_MOVED, session_id, from_site, to_site, extension)

@@ -56,6 +56,13 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response(res.payload)
 
 
+async def move(request: web.Request) -> web.Response:
+    """Re-home a live session here (the client's site failed): session id and token, no password."""
+    body = await _json_body(request)
+    res = await request.app[MANAGER].move(body.get("session_id"), body.get("token"))
+    return web.json_response(res.payload)
+
+
 async def _authorized_session(request: web.Request, sid: Any, token: Any) -> str:
     if not isinstance(sid, str) or not isinstance(token, str):
         raise LoginRefused("bad_request", 400, "session_id and token: required strings")
@@ -146,6 +153,7 @@ def build_app(manager: LoginManager, admin_token: str) -> web.Application:
     manager.push = _push
     app.add_routes([
         web.post("/v1/login", login),
+        web.post("/v1/move", move),
         web.post("/v1/logout", logout),
         web.get("/v1/sessions", sessions),
         web.get("/v1/session/{sid}/ws", session_ws),

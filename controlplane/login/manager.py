@@ -28,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from controlplane.errors import LinkLost, LoginRefused, PbxCommandError, PbxError, PbxUnreachable
 from controlplane.login.authn import Authenticator
 from controlplane.login.decide import decide_site
-from controlplane.login.ports import AgentRecord, Directory
+from controlplane.login.ports import AgentRecord, Directory, Line
 from controlplane.login.ratelimit import LoginRateLimiter
 from controlplane.login.readback import ReadBack
 from controlplane.login.sessions import LiveSession, SessionStore
@@ -154,7 +154,7 @@ class LoginManager:
                               vaid=vaid, mac=norm_mac, queues=queues, created_at=self.clock.now())
         try:
             replaced = await self.sessions.put(session, self.clock.now())
-            await self.sessions.redis.set(f"{self.sessions.p}sess:token:{sid}", token)
+            await self.sessions.redis.set(self.sessions.token_key(sid), token)
         except BaseException:
             await self.directory.release_vaid(sid)
             await self.sessions.claim(sid)
@@ -173,16 +173,20 @@ class LoginManager:
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
         log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
-        payload = {
-            "session_id": sid,
+        return LoginResult(session, token, self._payload(session, token, target, line, decision.reason))
+
+    def _payload(self, session: LiveSession, token: str, target: Site, line: Line, reason: str) -> dict[str, Any]:
+        """What the client needs to work at ``target``: the login and the move reply."""
+        return {
+            "session_id": session.id,
             "token": token,
             "site": target.id,
-            "reason": decision.reason,
+            "reason": reason,
             "registrar": {"host": target.sip.host, "port": target.sip.port, "transport": target.sip.transport},
             "extension": line.extension,
             "sip": {"username": line.sip_username, "password": line.sip_password},
-            "virtual_agent_id": vaid,
-            "queues": [q for q, _ in queues],
+            "virtual_agent_id": session.vaid,
+            "queues": [q for q, _ in session.queues],
             "timings": {
                 "heartbeat_s": max(1.0, self.sessions.ttl_s / 3),
                 "session_ttl_s": self.sessions.ttl_s,
@@ -192,7 +196,71 @@ class LoginManager:
             },
             "other_login_urls": [s.login_url for s in self.topology.other_sites(self.site.id)],
         }
-        return LoginResult(session, token, payload)
+
+    # --- move ------------------------------------------------------------------
+
+    async def move(self, sid: Any, token: Any) -> LoginResult:
+        """Re-home a live session at this service's site: the client's answer to a failed
+        site. The session keeps its id, token and virtual agent ID; no password (a mass move
+        of 10,000 agents would otherwise cost 10,000 argon2 verifications at the survivor),
+        no allocation, no replaced session to end. Planned-switch rules are not consulted:
+        a move goes where the client asked, if that site's PBX is up."""
+        for name, value in (("session_id", sid), ("token", token)):
+            if not isinstance(value, str) or not value or len(value) > 128:
+                raise LoginRefused("bad_request", 400, f"{name}: required, a non-empty string")
+        # Not rate-limited: a token is 192 random bits (nothing to guess), and a session that
+        # expired during an outage is a normal bad_session; counting those per source would
+        # lock a whole floor behind one NAT address out of its fallback logins.
+        old, stored = await self.sessions.with_token(sid)
+        if old is None or stored is None or not secrets.compare_digest(stored, token):
+            # The client falls back to a full login (its session ended meanwhile, or never was).
+            raise LoginRefused("bad_session", 401, "no such live session, or a wrong token")
+        target = self.site
+        if self._pbx_up().get(target.id) is not True:
+            raise LoginRefused("pbx_unreachable", 503, f"the PBX of site {target.id} is not reachable")
+        if old.site == target.id:
+            # Already here (a retried move, or a client that lost only its channel).
+            line = await self.directory.line(old.mac, target.id)
+            if line is None:
+                raise LoginRefused("unknown_mac", 404, f"mac: {old.mac} has no line at site {target.id}")
+            return LoginResult(old, token, self._payload(old, token, target, line, "move"))
+        found = await self.directory.move_target(old.account, old.mac, target.id)
+        if found is None:
+            raise LoginRefused("unknown_mac", 404, f"mac: {old.mac} has no line at site {target.id}")
+        line, queues = found
+        new = LiveSession(id=old.id, account=old.account, site=target.id, extension=line.extension,
+                          vaid=old.vaid, mac=old.mac, queues=queues, created_at=old.created_at)
+        if not await self.sessions.move(new, self.clock.now()):
+            raise LoginRefused("bad_session", 401, "the session ended while moving")
+        self.tokens[sid] = token
+        # Forget the old site's CTI work for this session in this service (the old site's
+        # own service guards with the session's site when it gets there).
+        p = self.pending[old.site]
+        if p.by_ext.get(old.extension) == sid:
+            p.by_ext.pop(old.extension, None)
+            p.since.pop(old.extension, None)
+        self.pending[target.id].by_ext[line.extension] = sid
+        self.pending[target.id].since[line.extension] = self.clock.now()
+        if line.extension in self.registered[target.id]:
+            self.spawn(self._cti_register(target.id, line.extension))
+        self.spawn(self._left(old, line.extension))
+        log.info("moved %s from %s to %s vaid %d ext %s", old.account, old.site, target.id, old.vaid, line.extension)
+        return LoginResult(new, token, self._payload(new, token, target, line, "move"))
+
+    async def _left(self, old: LiveSession, extension: str) -> None:
+        """After a move: the history row, and the old site's members where its PBX answers
+        (a dead PBX's members are removed by reconcile_site when it comes back)."""
+        try:
+            await self.directory.session_moved(old.id, old.site, self.site.id, extension)
+        except Exception as exc:  # history only: the live session is already moved
+            log.warning("history of the move of %s: %s", old.account, type(exc).__name__)
+        pbx = self.pbx.get(old.site)
+        if pbx is not None and pbx.state is LinkState.UP:
+            for q, _ in old.queues:
+                try:
+                    await pbx.queue_remove(q, f"PJSIP/{old.extension}")
+                except PbxError as exc:  # not a member (CTI never completed there)
+                    log.debug("queue_remove %s %s: %s", q, old.extension, exc)
 
     async def _check_password(self, rec: AgentRecord | None, password: str) -> bool:
         if rec is not None and rec.password_hash == "":
@@ -237,7 +305,7 @@ class LoginManager:
         return await asyncio.to_thread(check)
 
     async def check_token(self, sid: str, token: str) -> bool:
-        stored = await self.sessions.redis.get(f"{self.sessions.p}sess:token:{sid}")
+        stored = await self.sessions.redis.get(self.sessions.token_key(sid))
         if stored is None:
             return False
         value = stored.decode() if isinstance(stored, bytes) else str(stored)
@@ -313,7 +381,7 @@ class LoginManager:
             return
         self._in_flight[(site, extension)] = sid
         s = await self.sessions.get(sid)
-        if s is None:
+        if s is None or s.site != site:  # ended, or moved to another site meanwhile
             return
         pbx = self.pbx[site]
         iface = f"PJSIP/{extension}"
@@ -339,7 +407,8 @@ class LoginManager:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
             await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
             return
-        await self.sessions.set_state(sid, "cti_registered")
+        if not await self.sessions.set_state(sid, "cti_registered", site=site):
+            return  # moved away while its members were added here: reconcile_site removes them
         await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
                                  "queues": [q for q, _ in s.queues]})
 
@@ -385,7 +454,7 @@ class LoginManager:
                     log.debug("queue_remove %s %s: %s", q, s.extension, exc)
         await self.directory.release_vaid(s.id)
         await self.directory.session_ended(s.id, why)
-        await self.sessions.redis.delete(f"{self.sessions.p}sess:token:{s.id}")
+        await self.sessions.redis.delete(self.sessions.token_key(s.id))
         self.tokens.pop(s.id, None)
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})
         # The client's session channel may be held by another site's service (it served the

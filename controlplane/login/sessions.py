@@ -88,8 +88,43 @@ class SessionStore:
         h = await self.redis.hgetall(self._k(sid))
         return LiveSession.from_redis(h) if h else None
 
-    async def set_state(self, sid: str, state: str) -> None:
-        await self.redis.hset(self._k(sid), "state", state)
+    async def set_state(self, sid: str, state: str, site: str | None = None) -> bool:
+        """Set the state; with ``site``, only while the session is still at that site (a CTI
+        registration finishing at the old site after the session moved must not mark it)."""
+        if site is None:
+            await self.redis.hset(self._k(sid), "state", state)
+            return True
+        done = await self.redis.eval(
+            "if redis.call('hget', KEYS[1], 'site') == ARGV[1] then"
+            " redis.call('hset', KEYS[1], 'state', ARGV[2]) return 1 end return 0",
+            1, self._k(sid), site, state)
+        return bool(done)
+
+    async def with_token(self, sid: str) -> tuple[LiveSession | None, str | None]:
+        """The session and its token, one round trip."""
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hgetall(self._k(sid))
+            p.get(self.token_key(sid))
+            h, tok = await p.execute()
+        return (LiveSession.from_redis(h) if h else None), (_text(tok) if tok is not None else None)
+
+    def token_key(self, sid: str) -> str:
+        return f"{self.p}sess:token:{sid}"
+
+    async def move(self, s: LiveSession, now: float) -> bool:
+        """Re-home a live session in place (same id, token and virtual ID): its site,
+        extension and queues change, it waits for its phone again, its deadline is pushed.
+        False if it ended meanwhile (nothing written then)."""
+        fields = s.to_redis()
+        args: list[str] = [str(now + self.ttl_s)]
+        for k in ("site", "extension", "queues", "state"):
+            args += [k, fields[k]]
+        done = await self.redis.eval(
+            "if redis.call('zscore', KEYS[2], ARGV[2]) == false then return 0 end"
+            " redis.call('zadd', KEYS[2], ARGV[1], ARGV[2])"
+            " for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end return 1",
+            2, self._k(s.id), self._deadlines, args[0], s.id, *args[1:])
+        return bool(done)
 
     async def heartbeat(self, sid: str, now: float) -> bool:
         """Push the deadline; False if the session is gone (reaped or logged out)."""

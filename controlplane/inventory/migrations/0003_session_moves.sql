@@ -1,0 +1,10 @@
+-- A session re-homed to another site (POST /v1/move) keeps its id, token and virtual
+-- agent ID; each move is a row here, and sessions.site/extension follow the session.
+CREATE TABLE session_moves (
+    session_id  text NOT NULL,              -- sessions.id; no foreign key, like sessions itself
+    moved_at    timestamptz NOT NULL DEFAULT now(),
+    from_site   text NOT NULL,
+    to_site     text NOT NULL,
+    extension   text NOT NULL,
+    PRIMARY KEY (session_id, moved_at)
+);
