@@ -345,12 +345,20 @@ class Agent:
         if old is not None and old != registrar:
             # The contact at the site we left: removed where that site still answers.
             self._spawn(self.line.unregister_from(old), f"unregister-{self.account}")
+        # The session channel and the registration at once: neither needs the other, and
+        # in a mass move each waits on a different busy server.
+        channel = asyncio.ensure_future(self._open_channel(sess))
         try:
-            await self._open_channel(sess)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._to(AgentState.REGISTERING, f"session channel: {type(exc).__name__}")
+            ev = await self.line.register(registrar, self.timings.register_expires)
+        finally:
+            try:
+                await channel
+                channel_error = ""
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                channel_error = type(exc).__name__
+        if channel_error:
+            self._to(AgentState.REGISTERING, f"session channel: {channel_error}")
             return False
-        ev = await self.line.register(registrar, self.timings.register_expires)
         if ev.kind is not LineEventKind.REGISTERED:
             self._to(AgentState.REGISTERING, f"registration failed: {ev.detail}")
             return False

@@ -582,3 +582,29 @@ async def test_move_to_a_site_whose_pbx_is_down_is_refused(client: TestClient[An
         assert s is not None and s.site == "a"  # nothing changed
     finally:
         await cb.close()
+
+
+async def test_a_session_that_moves_during_its_cti_registration_leaves_no_members_behind(
+        client: TestClient[Any, Any], env: Env) -> None:
+    status, body = await _login(client, 4)
+    assert status == 200 and body["site"] == "a"
+    pbx_a = env.pbx["a"]
+    real_add = pbx_a.queue_add
+    moved = False
+
+    async def add_then_move(queue: str, interface: str, name: str = "", penalty: int = 0) -> None:
+        nonlocal moved
+        await real_add(queue, interface, name=name, penalty=penalty)
+        if not moved:  # the client moves to b while a's service is adding its members
+            moved = True
+            s = await env.sessions.get(body["session_id"])
+            assert s is not None
+            s.site, s.extension, s.queues = "b", "3004", [("support-b", 1)]
+            assert await env.sessions.move(s, env.clock.now())
+
+    pbx_a.queue_add = add_then_move  # type: ignore[method-assign]
+    await env.mgr.on_event("a", pbx_a.emit(EventKind.PHONE_REGISTERED, endpoint="2004"))
+    await env.mgr.drain()
+    assert moved and pbx_a.members["support-a"] == {}  # added, then removed again
+    s = await env.sessions.get(body["session_id"])
+    assert s is not None and (s.site, s.state) == ("b", "awaiting_phone")

@@ -408,7 +408,14 @@ class LoginManager:
             await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
             return
         if not await self.sessions.set_state(sid, "cti_registered", site=site):
-            return  # moved away while its members were added here: reconcile_site removes them
+            # Ended, or moved to another site, while its members were added here.
+            log.info("session of %s left %s during its CTI registration; removing its members", s.account, site)
+            for q, _ in s.queues:
+                try:
+                    await pbx.queue_remove(q, iface)
+                except PbxError as exc:
+                    log.debug("queue_remove %s %s: %s", q, iface, exc)
+            return
         await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
                                  "queues": [q for q, _ in s.queues]})
 
