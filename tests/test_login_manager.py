@@ -216,7 +216,7 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
         st = await r.json()
         assert r.status == 200 and st["healthy"] is True
         assert st["pbx"] == {"a": {"state": "up"}, "b": {"state": "up"}}
-        assert set(st["tasks"]) == {"pbx-events-a", "pbx-events-b", "reaper", "ended-relay"}
+        assert set(st["tasks"]) == {"pbx-events-a", "pbx-events-b", "reaper", "push-relay"}
         status, body = await _login(c, 1)
         assert status == 200
         ws = await c.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")

@@ -18,6 +18,7 @@ from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import PbxClient
 from controlplane.pbx.freeswitch import FreeswitchClient, tcp_connect
 from controlplane.runtime.stores import redis_from_url
+from controlplane.runtime.workers import run_workers
 from controlplane.settings import load_topology
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,11 @@ def login() -> None:
                    "(POST {account, password}; 200 accepts). Env: CCDR_AUTHENTICATOR_URL.")
 @click.option("--session-ttl", "session_ttl_s", type=click.FloatRange(min=3), default=30.0, show_default=True,
               help="Seconds without a client heartbeat before a session is reaped (members removed).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes sharing the port (SO_REUSEPORT), restarted if they die; about one per core. "
+                   "A mass move is CPU-bound in one process.")
 def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
-          authenticator_url: str | None, session_ttl_s: float) -> None:
+          authenticator_url: str | None, session_ttl_s: float, workers: int) -> None:
     """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
     topo = load_topology(topology)
     site = topo.site(site_id)
@@ -67,8 +71,8 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
         svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
                            session_ttl_s=session_ttl_s)
-        await svc.serve(host, port)
-        click.echo(f"login service for site {site.id} on http://{host}:{port}", err=True)
+        await svc.serve(host, port, reuse_port=workers > 1)
+        click.echo(f"login service for site {site.id} on http://{host}:{port} (pid {os.getpid()})", err=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,4 +86,7 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
         await redis.aclose()
         await pool.close()
 
-    asyncio.run(run())
+    if workers == 1:
+        asyncio.run(run())
+        return
+    raise SystemExit(run_workers(workers, lambda _i: asyncio.run(run())))

@@ -7,6 +7,7 @@ registered here, so a reader finds ``ccdr lab ...`` in ``cli/lab.py`` and so on.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -21,9 +22,21 @@ from controlplane.cli.lab import lab
 from controlplane.cli.login import login
 from controlplane.cli.provision import provision
 from controlplane.cli.render import render
+from controlplane.errors import CcdrError
 
 
-@click.group()
+class _Root(click.Group):
+    """Any ccdr error that reaches the top is a one-line message naming what was wrong
+    (a topology field, a file and line), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CcdrError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Root)
 @click.version_option(__version__, prog_name="ccdr")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:

@@ -92,17 +92,12 @@ async def sessions(request: web.Request) -> web.Response:
 
 
 async def session_ws(request: web.Request) -> web.StreamResponse:
-    sid, token = request.match_info["sid"], request.query.get("token")
-    if not isinstance(token, str) or not token:
-        raise LoginRefused("bad_request", 400, "token: required")
+    sid = await _authorized_session(request, request.match_info["sid"], request.query.get("token"))
     mgr = request.app[MANAGER]
-    # The token and the session's state in one round trip (a mass move opens a thousand
-    # channels at once at the surviving service).
-    s, stored = await mgr.sessions.with_token(sid)
-    if stored is None or not secrets.compare_digest(stored, token):
-        raise LoginRefused("bad_session", 401, "unknown session or wrong token")
     ws = web.WebSocketResponse(heartbeat=None)
     await ws.prepare(request)
+    # Registered before the session's state is read for the hello: a CTI registration that
+    # completes in between is then either in the state read or pushed to this socket.
     request.app[SOCKETS][sid].add(ws)
     hb = max(1.0, mgr.sessions.ttl_s / 3)
 
@@ -112,6 +107,7 @@ async def session_ws(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(hb)
 
     pbx = {site: c.state.value for site, c in mgr.pbx.items()}
+    s = await mgr.sessions.get(sid)
     await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx, "cti": s.state if s else "ended"})
     ping_task = asyncio.create_task(pinger(), name=f"ws-ping-{sid}")
     try:

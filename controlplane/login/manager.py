@@ -13,7 +13,6 @@ cheap"), then read back before the client hears "cti_registered".
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -463,15 +462,14 @@ class LoginManager:
         await self.directory.session_ended(s.id, why)
         await self.sessions.redis.delete(self.sessions.token_key(s.id))
         self.tokens.pop(s.id, None)
+        # The client's channel may be held by another site's service (it served the login;
+        # this one the login that replaced it): the service's push relays it there.
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})
-        # The client's session channel may be held by another site's service (it served the
-        # login; this one served the login that replaced it): tell every service.
-        await self.sessions.redis.publish(self.ended_channel, json.dumps({"session_id": s.id, "why": why}))
         log.info("session of %s at %s ended (%s)", s.account, s.site, why)
 
     @property
-    def ended_channel(self) -> str:
-        return f"{self.sessions.p}sess:ended"
+    def push_channel(self) -> str:
+        return f"{self.sessions.p}sess:push"
 
     async def reap_once(self) -> int:
         expired = await self.sessions.claim_expired(self.clock.now())

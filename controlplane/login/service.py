@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -61,6 +62,7 @@ class LoginService:
                                     authenticator=authenticator)
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
         self.app = build_app(self.manager, admin_token)
+        self.manager.push = self._deliver
         self.app.router.add_get(STATUS_PATH, self._status)
         self._runner: web.AppRunner | None = None
 
@@ -88,40 +90,51 @@ class LoginService:
                     await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
         return loop
 
-    async def _relay_ended(self) -> None:
-        """Sessions ended by any service (a login elsewhere replaced them): push "ended"
-        to the session channels held here."""
+    async def _deliver(self, sid: str, message: dict[str, Any]) -> None:
+        """A push for a session's channel: here if this process holds it, else through Redis
+        to whichever process of whichever site's service holds it (the login that replaced
+        a session was served elsewhere; with ``--workers``, a sibling process accepted the
+        channel). A channel held nowhere yet reads the state in its hello instead."""
+        if self.app[SOCKETS].get(sid):
+            await push(self.app, sid, message)
+        else:
+            await self.redis.publish(self.manager.push_channel, json.dumps({"session_id": sid, "message": message}))
+
+    async def _relay(self) -> None:
+        """Pushes published by other processes: delivered to the channels held here."""
         ps = self.redis.pubsub()
-        await ps.subscribe(self.manager.ended_channel)
+        await ps.subscribe(self.manager.push_channel)
         try:
             async for msg in ps.listen():
                 if msg.get("type") != "message":
                     continue
                 data = json.loads(msg["data"])
                 sid = str(data.get("session_id", ""))
-                if self.app[SOCKETS].get(sid):
-                    await push(self.app, sid, {"type": "session", "state": "ended", "why": data.get("why", "")})
+                if self.app[SOCKETS].get(sid) and isinstance(data.get("message"), dict):
+                    await push(self.app, sid, data["message"])
         finally:
             await ps.aclose()  # type: ignore[no-untyped-call]
 
     async def start_loops(self) -> None:
         for site, client in self.pbx.items():
             self.supervisor.spawn(f"pbx-events-{site}", self._pump(site, client))
-        self.supervisor.spawn("ended-relay", self._relay_ended)
+        self.supervisor.spawn("push-relay", self._relay)
         own = self.pbx.get(self.manager.site.id)
         if own is not None and own.state is LinkState.UP:
             # Its PBX_UP came before we listened: clean up what an earlier run left behind.
             self.manager.spawn(self.manager.reconcile_site(self.manager.site.id))
         self.supervisor.spawn("reaper", self._reaper)
 
-    async def serve(self, host: str, port: int) -> None:
+    async def serve(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen on host:port. ``reuse_port``: several processes of one site's service share
+        the port (SO_REUSEPORT; the kernel spreads connections over them)."""
         await self.start_loops()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         # A mass move brings thousands of connections at once; aiohttp's default listen
         # backlog of 128 dropped the rest's SYNs, and their kernels retried after 1, 3 and
         # 7 s: 1,000 agents moving took 10 s instead of 2. (Capped by net.core.somaxconn.)
-        await web.TCPSite(self._runner, host, port, backlog=LISTEN_BACKLOG).start()
+        await web.TCPSite(self._runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port or None).start()
         log.info("login service for site %s on %s:%d", self.manager.site.id, host, port)
 
     async def stop(self) -> None:
@@ -141,6 +154,7 @@ class LoginService:
         healthy = redis_ok and all(t["running"] for t in tasks.values())
         return {
             "site": self.manager.site.id,
+            "process": os.getpid(),  # one of several with --workers
             "healthy": healthy,
             "redis": {"state": "up" if redis_ok else "down"},
             "pbx": pbx,

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,7 @@ Progress = Callable[[str, int, int], None]
 ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_DB = 14
 LOGIN_PORTS = {"a": 18281, "b": 18282}
+LOGIN_WORKERS = 2  # processes per site's login service: one per core of the lab machine
 READY = (AgentState.READY, AgentState.SUSPECT)
 LOGIN_RAMP = 250.0  # agents starting per second before the faults
 
@@ -63,11 +65,13 @@ def queue_of(i: int) -> str:
 
 
 def _spawn_login(sid: str, topology: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    # Its own process group: "stop a's login service" kills every worker at once.
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-c", "from controlplane.cli.main import cli; cli()", "login", "serve",
-             "--site", sid, "--topology", str(topology)],
-            env=dict(os.environ, CCDR_ADMIN_TOKEN=secrets.token_hex(8)), stderr=log, stdout=log)
+             "--site", sid, "--topology", str(topology), "--workers", str(LOGIN_WORKERS)],
+            env=dict(os.environ, CCDR_ADMIN_TOKEN=secrets.token_hex(8)), stderr=log, stdout=log,
+            start_new_session=True)
 
 
 class Drill:
@@ -143,7 +147,7 @@ class Drill:
     def stop_login(self, sid: str) -> None:
         p = self.services.get(sid)
         if p is not None and p.poll() is None:
-            p.kill()  # a crash, not a clean shutdown
+            os.killpg(p.pid, signal.SIGKILL)  # a crash of the whole service, not a clean shutdown
             p.wait(10)
 
     # -- faults ----------------------------------------------------------------------
