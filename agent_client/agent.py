@@ -230,6 +230,7 @@ class Agent:
         self.detector = FailureDetector(self.timings.confirm_hold_s, clock, on_change=self._wake.set)
         self._stopping = False
         self._probe_sent = self._probe_seen = 0
+        self._probing = False
         self._rng = random.Random(account)
         self._bg: set[asyncio.Task[Any]] = set()
 
@@ -331,6 +332,9 @@ class Agent:
     async def _establish(self, sess: _Session) -> bool:
         """Register the line and wait for CTI registration; False if either fails."""
         self.session = sess
+        # Leaving a registrar that stopped answering probes: no un-registration there (its
+        # retransmissions, for 2 s, were a large part of a 1,000-agent simulator's load).
+        old_answers = Signal.SIP_PROBE not in self.detector.failing
         self.detector.reset()
         b = sess.body
         ext, sip = str(b["extension"]), b["sip"]
@@ -342,27 +346,30 @@ class Agent:
         old = self.line.registrar
         registrar = (str(b["registrar"]["host"]), int(b["registrar"]["port"]))
         self._to(AgentState.REGISTERING, f"{registrar[0]}:{registrar[1]}")
-        if old is not None and old != registrar:
+        if old is not None and old != registrar and old_answers:
             # The contact at the site we left: removed where that site still answers.
             self._spawn(self.line.unregister_from(old), f"unregister-{self.account}")
         # The session channel and the registration at once: neither needs the other, and
         # in a mass move each waits on a different busy server.
+        t0 = self.clock()
         channel = asyncio.ensure_future(self._open_channel(sess))
         try:
             ev = await self.line.register(registrar, self.timings.register_expires)
+            t_line = self.clock() - t0
         finally:
             try:
                 await channel
                 channel_error = ""
             except (aiohttp.ClientError, TimeoutError) as exc:
                 channel_error = type(exc).__name__
+        t_channel = self.clock() - t0
         if channel_error:
             self._to(AgentState.REGISTERING, f"session channel: {channel_error}")
             return False
         if ev.kind is not LineEventKind.REGISTERED:
             self._to(AgentState.REGISTERING, f"registration failed: {ev.detail}")
             return False
-        self._to(AgentState.AWAITING_CTI)
+        self._to(AgentState.AWAITING_CTI, f"line {t_line:.2f} s, channel {t_channel:.2f} s")
         # Wait for CTI, unless the session ends first: a login this client gave up on can
         # still complete at a busy service and replace this one (seen in a 1,000-agent
         # failover); waiting out the CTI timeout on a dead session cost 20 s.
@@ -481,15 +488,21 @@ class Agent:
 
     async def _probe(self) -> None:
         line = self.line
-        if line is None or line.registrar is None:
+        if line is None or line.registrar is None or self._probing:
+            # One probe at a time: during a suspicion burst (every 0.25 s, each waiting up
+            # to 0.5 s) overlapping probes doubled the OPTIONS sent to a dead registrar and
+            # the timers a 1,000-agent simulator had to run, for no earlier answer.
             return
         self._probe_sent += 1
         seq = self._probe_sent
+        self._probing = True
         try:
             await line.probe(self.timings.sip_probe_timeout_s)
             ok = True
         except SipTimeout:
             ok = False
+        finally:
+            self._probing = False
         # Probes overlap (one every interval, each waiting up to its timeout): a late
         # timeout of an older probe must not undo what a newer one already showed.
         if seq < self._probe_seen:

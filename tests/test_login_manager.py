@@ -608,3 +608,39 @@ async def test_a_session_that_moves_during_its_cti_registration_leaves_no_member
     assert moved and pbx_a.members["support-a"] == {}  # added, then removed again
     s = await env.sessions.get(body["session_id"])
     assert s is not None and (s.site, s.state) == ("b", "awaiting_phone")
+
+
+async def test_access_log_names_method_path_status_and_never_the_token(
+        redis_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import socket
+
+    import aiohttp
+
+    from controlplane.login.service import LoginService
+
+    d = MemoryDirectory(FAST)
+    d.add_agent("agent01", "pw-agent01")
+    d.lines[("001122000001", "a")] = Line("a", "2001", "2001", "s")
+    svc = LoginService("a", TOPO, d, {"a": FakePbx("a"), "b": FakePbx("b")}, redis_client, "tok",
+                       prefix=redis_client.test_prefix, session_ttl_s=30)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="controlplane.login.access")
+    await svc.serve("127.0.0.1", port, access_log=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/v1/login", json={
+                    "account": "agent01", "password": "pw-agent01", "mac": "00:11:22:00:00:01"}) as r:
+                body = await r.json()
+            ws = await http.ws_connect(f"http://127.0.0.1:{port}/v1/session/{body['session_id']}/ws"
+                                       f"?token={body['token']}")
+            await ws.receive_json()
+            await ws.close()
+    finally:
+        await svc.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "controlplane.login.access"]
+    assert any(" POST /v1/login 200 " in x for x in lines), lines
+    assert any(f" GET /v1/session/{body['session_id']}/ws 101 " in x for x in lines), lines
+    assert not any(body["token"] in x or "pw-agent01" in x for x in caplog.text.splitlines())

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
 from controlplane.login.authn import Authenticator
@@ -33,6 +34,18 @@ log = logging.getLogger(__name__)
 STATUS_PATH = "/status"
 LISTEN_BACKLOG = 4096
 DEEP_SWEEP_S = 60.0  # a session waiting this long for its phone: ask the PBX for its contacts
+
+
+_ACCESS = logging.getLogger("controlplane.login.access")
+_ACCESS.setLevel(logging.INFO)
+
+
+class _AccessLog(AbstractAccessLogger):
+    """Method, path, status, seconds. Never the query string: the session channel's URL
+    carries the session token there."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %d %.4f", request.remote, request.method, request.path, response.status, time)
 
 
 class LoginService:
@@ -125,11 +138,14 @@ class LoginService:
             self.manager.spawn(self.manager.reconcile_site(self.manager.site.id))
         self.supervisor.spawn("reaper", self._reaper)
 
-    async def serve(self, host: str, port: int, reuse_port: bool = False) -> None:
+    async def serve(self, host: str, port: int, reuse_port: bool = False, access_log: bool = False) -> None:
         """Listen on host:port. ``reuse_port``: several processes of one site's service share
         the port (SO_REUSEPORT; the kernel spreads connections over them)."""
         await self.start_loops()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # The access log (method, path, status, seconds: no query string, which holds the
+        # session channel's token) is off by default: a line per login in a storm is costly.
+        self._runner = web.AppRunner(self.app, access_log_class=_AccessLog,
+                                     access_log=_ACCESS if access_log else None)
         await self._runner.setup()
         # A mass move brings thousands of connections at once; aiohttp's default listen
         # backlog of 128 dropped the rest's SYNs, and their kernels retried after 1, 3 and

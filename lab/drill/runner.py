@@ -69,7 +69,8 @@ def _spawn_login(sid: str, topology: Path, log_path: Path) -> subprocess.Popen[b
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-c", "from controlplane.cli.main import cli; cli()", "login", "serve",
-             "--site", sid, "--topology", str(topology), "--workers", str(LOGIN_WORKERS)],
+             "--site", sid, "--topology", str(topology), "--workers", str(LOGIN_WORKERS),
+             *os.environ.get("CCDR_DRILL_LOGIN_ARGS", "").split()],
             env=dict(os.environ, CCDR_ADMIN_TOKEN=secrets.token_hex(8)), stderr=log, stdout=log,
             start_new_session=True)
 
