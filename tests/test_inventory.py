@@ -153,15 +153,23 @@ async def test_move_target_and_move_history_in_postgres(pg: Any) -> None:
     async with pg.acquire() as c:
         await import_files(c, GOOD)
     d = PgDirectory(pg)
-    got = await d.move_target("alice", "001122aabb02", "b")  # one round trip: line and queues
+    got = await d.move_target("alice", "001122aabb02", "b")
     assert got is not None
     line, queues = got
     assert (line.site, line.extension, line.sip_password) == ("b", "3002", "secret-b2")
     assert queues == [("sales", 0), ("vip-b", 2)]
     assert await d.move_target("alice", "0011220000ff", "b") is None  # no such device
+    # A burst: answered in few round trips, each answer with its own request.
+    burst = [("alice", "001122aabb02", "b"), ("bob", "0011220000ff", "a"), ("alice", "001122aabb02", "a")] * 30
+    answers = await asyncio.gather(*(d.move_target(*k) for k in burst))
+    assert answers[0] == got and answers[1] is None
+    assert answers[2] is not None and answers[2][0].site == "a" and answers[2][0].extension == "2002"
+    assert answers == answers[:3] * 30
+    assert d._targets.batches <= 4  # 2 lone calls, then the burst: one alone, the rest together
     await d.session_started("s1", "alice", "a", "001122aabb02", "2002", 7, "local")
-    await d.session_moved("s1", "a", "b", "3002")
+    await asyncio.gather(d.session_moved("s1", "a", "b", "3002"), d.session_moved("s1", "b", "a", "2002"),
+                         d.session_moved("s1", "a", "b", "3002"))  # there and back and there again
     row = await pg.fetchrow("SELECT site, extension, vaid, ended_at IS NULL AS open FROM sessions WHERE id = 's1'")
     assert dict(row) == {"site": "b", "extension": "3002", "vaid": 7, "open": True}
-    moves = await pg.fetch("SELECT from_site, to_site, extension FROM session_moves WHERE session_id = 's1'")
-    assert [tuple(m) for m in moves] == [("a", "b", "3002")]
+    moves = await pg.fetch("SELECT from_site, to_site FROM session_moves WHERE session_id = 's1' ORDER BY id")
+    assert [tuple(m) for m in moves] == [("a", "b"), ("b", "a"), ("a", "b")]

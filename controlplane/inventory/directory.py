@@ -8,6 +8,7 @@ import asyncpg
 
 from controlplane.login.decide import AgentProfile, SwitchRule
 from controlplane.login.ports import AgentRecord, Line
+from controlplane.runtime.batch import Batcher
 
 _ALLOCATE = """
 UPDATE virtual_agent_ids SET session_id = $1
@@ -29,22 +30,31 @@ GROUP BY a.account
 """
 
 
-# A moving session's line at the new site and its agent's queues there, in one round trip.
-_MOVE_TARGET = """
-SELECT l.extension, l.sip_username, l.sip_password,
+# Moving sessions' lines at their new site and their agents' queues there: one round trip
+# for a whole batch (controlplane.runtime.batch). ``i`` keeps each row with its request.
+_MOVE_TARGETS = """
+SELECT r.i, l.extension, l.sip_username, l.sip_password,
        coalesce(array_agg(q.queue ORDER BY q.queue) FILTER (WHERE q.queue IS NOT NULL), '{}') AS queues,
        coalesce(array_agg(s.penalty ORDER BY q.queue) FILTER (WHERE q.queue IS NOT NULL), '{}') AS penalties
-FROM device_lines l
-LEFT JOIN agent_skills s ON s.account = $1
+FROM unnest($1::text[], $2::bpchar[], $3::text[]) WITH ORDINALITY AS r(account, mac, site, i)
+JOIN device_lines l ON l.mac = r.mac AND l.site = r.site
+LEFT JOIN agent_skills s ON s.account = r.account
 LEFT JOIN skill_group_queues q ON q.skill_group = s.skill_group AND q.site = l.site
-WHERE l.mac = $2 AND l.site = $3
-GROUP BY l.extension, l.sip_username, l.sip_password
+GROUP BY r.i, l.extension, l.sip_username, l.sip_password
 """
 
 _MOVED = """
-WITH m AS (INSERT INTO session_moves (session_id, from_site, to_site, extension) VALUES ($1, $2, $3, $4))
-UPDATE sessions SET site = $3, extension = $4 WHERE id = $1
+WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+           AS r(session_id, from_site, to_site, extension, i)),
+     m AS (INSERT INTO session_moves (session_id, from_site, to_site, extension)
+           SELECT session_id, from_site, to_site, extension FROM r ORDER BY i)
+UPDATE sessions s SET site = last.to_site, extension = last.extension
+FROM (SELECT DISTINCT ON (session_id) session_id, to_site, extension FROM r ORDER BY session_id, i DESC) last
+WHERE s.id = last.session_id
 """
+
+MoveKey = tuple[str, str, str]  # (account, mac, site)
+MoveTarget = tuple[Line, list[tuple[str, int]]] | None
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -63,6 +73,8 @@ class PgDirectory:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._rules: tuple[float, list[SwitchRule]] | None = None
+        self._targets: Batcher[MoveKey, MoveTarget] = Batcher(self._move_targets)
+        self._moves: Batcher[tuple[str, str, str, str], None] = Batcher(self._sessions_moved)
 
     async def agent(self, account: str) -> AgentRecord | None:
         row = await self.pool.fetchrow(_AGENT, account)  # one round trip: the agent and its skills
@@ -127,12 +139,22 @@ class PgDirectory:
         await self.pool.execute("UPDATE sessions SET ended_at = now(), end_reason = $2"
                                 " WHERE id = $1 AND ended_at IS NULL", session_id, why)
 
-    async def move_target(self, account: str, mac: str, site: str) -> tuple[Line, list[tuple[str, int]]] | None:
-        row = await self.pool.fetchrow(_MOVE_TARGET, account, mac, site)
-        if row is None:
-            return None
-        line = Line(site, row["extension"], row["sip_username"], row["sip_password"])
-        return line, list(zip(row["queues"], row["penalties"], strict=True))
+    async def move_target(self, account: str, mac: str, site: str) -> MoveTarget:
+        return await self._targets.call((account, mac, site))
+
+    async def _move_targets(self, keys: list[MoveKey]) -> list[MoveTarget]:
+        rows = await self.pool.fetch(_MOVE_TARGETS, [k[0] for k in keys], [k[1] for k in keys],
+                                     [k[2] for k in keys])
+        out: list[MoveTarget] = [None] * len(keys)
+        for r in rows:
+            site = keys[r["i"] - 1][2]
+            out[r["i"] - 1] = (Line(site, r["extension"], r["sip_username"], r["sip_password"]),
+                               list(zip(r["queues"], r["penalties"], strict=True)))
+        return out
 
     async def session_moved(self, session_id: str, from_site: str, to_site: str, extension: str) -> None:
-        await self.pool.execute(_MOVED, session_id, from_site, to_site, extension)
+        await self._moves.call((session_id, from_site, to_site, extension))
+
+    async def _sessions_moved(self, rows: list[tuple[str, str, str, str]]) -> list[None]:
+        await self.pool.execute(_MOVED, *([r[k] for r in rows] for k in range(4)))
+        return [None] * len(rows)
