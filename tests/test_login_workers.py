@@ -52,7 +52,7 @@ def gone(pid: int) -> bool:
     return not stat.exists() or stat.read_text().split()[2] == "Z"
 
 
-def test_workers_share_the_port_restart_and_stop_in_order(pg_db: str, tmp_path: Path) -> None:
+def start(pg_db: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
     port, dead = free_port(), free_port()
     topo: dict[str, Any] = {
         "sites": [{"id": sid, "region": reg, "pbx": "asterisk",
@@ -68,6 +68,25 @@ def test_workers_share_the_port_restart_and_stop_in_order(pg_db: str, tmp_path: 
                              "--workers", "2"], stderr=log,
                             env=dict(os.environ, CCDR_ADMIN_TOKEN="t", CCDR_TEST_AMI_SECRET="y"))
     url = f"http://127.0.0.1:{port}/status"
+    return proc, url, log
+
+
+def finish(proc: subprocess.Popen[bytes], log: Any, tmp_path: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+    err = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in err, err[-3000:]
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.flushdb()
+    r.close()
+
+
+def test_workers_share_the_port_restart_and_stop_in_order(pg_db: str, tmp_path: Path) -> None:
+    proc, url, log = start(pg_db, tmp_path)
     try:
         wait_up(url)
         first = pids(url, 40)
@@ -90,17 +109,25 @@ def test_workers_share_the_port_restart_and_stop_in_order(pg_db: str, tmp_path: 
         assert proc.wait(20) == 0
         assert all(gone(pid) for pid in now)  # every worker stopped with it, none orphaned
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        err = (tmp_path / "serve.log").read_text()
-        assert "Traceback" not in err, err[-3000:]
-        import redis
+        finish(proc, log, tmp_path)
 
-        r = redis.Redis.from_url(REDIS_URL)
-        r.flushdb()
-        r.close()
+
+def test_workers_die_with_a_killed_parent(pg_db: str, tmp_path: Path) -> None:
+    proc, url, log = start(pg_db, tmp_path)
+    try:
+        wait_up(url)
+        workers = pids(url, 40)
+        proc.kill()  # SIGKILL: the parent cannot pass anything on
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(gone(p) for p in workers):
+            time.sleep(0.2)
+        assert all(gone(p) for p in workers), workers  # none left serving the port
+    finally:
+        for p in workers if "workers" in locals() else ():
+            if not gone(p):
+                os.kill(p, signal.SIGKILL)
+        finish(proc, log, tmp_path)
 
 
 def test_a_bad_topology_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:

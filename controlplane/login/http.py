@@ -108,7 +108,11 @@ async def session_ws(request: web.Request) -> web.StreamResponse:
 
     pbx = {site: c.state.value for site, c in mgr.pbx.items()}
     s = await mgr.sessions.get(sid)
-    await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx, "cti": s.state if s else "ended"})
+    try:
+        await ws.send_json({"type": "hello", "session_id": sid, "pbx": pbx, "cti": s.state if s else "ended"})
+    except ConnectionError:  # the client gave up while we read its state (a busy service)
+        request.app[SOCKETS][sid].discard(ws)
+        return ws
     ping_task = asyncio.create_task(pinger(), name=f"ws-ping-{sid}")
     try:
         async for msg in ws:

@@ -8,6 +8,7 @@ Redis and PostgreSQL, and each has its own PBX connections.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -17,6 +18,20 @@ from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent dies, even by SIGKILL (no orphaned
+    workers serving a port against a store that is gone; seen in a drill's teardown)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's signal handling still applies
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(n: int, target: Callable[[int], None], restart_backoff_s: float = 1.0) -> int:
@@ -30,6 +45,7 @@ def run_workers(n: int, target: Callable[[int], None], restart_backoff_s: float 
         if pid == 0:  # the worker
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _die_with_parent()
             code = 0
             try:
                 target(i)

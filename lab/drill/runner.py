@@ -394,12 +394,15 @@ class Drill:
         await self._sweep()
         for p in self.services.values():
             if p.poll() is None:
-                p.terminate()
+                os.killpg(p.pid, signal.SIGTERM)  # the service and its workers
         for p in self.services.values():
             try:
-                p.wait(10)
+                p.wait(15)
             except subprocess.TimeoutExpired:
-                p.kill()
+                # Workers still busy after 15 s: kill them all, none left running against
+                # the scratch database this teardown drops next.
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
         r = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
         await r.flushdb()
         await r.aclose()
