@@ -84,8 +84,12 @@ class AgentTimings:
     #: probe timeout, plus one suspect interval: 0.75 s); 20 such blips must move nobody.
     confirm_hold_s: float = 1.0
     register_expires: int = 120
-    #: pause before trying the login services again when none answered
+    #: pause before trying the login services again when none answered; it doubles with
+    #: each failure in a row up to retry_max_s, jittered (x0.5..1), and resets once ready.
+    #: A fixed 1 s retry turned a slow start of 5,000 agents into a retry storm that kept
+    #: both login services past the clients' timeouts for minutes.
     retry_s: float = 1.0
+    retry_max_s: float = 30.0
     #: the session channel's server heartbeats may be this many intervals late
     heartbeat_misses: float = 2.5
 
@@ -176,6 +180,21 @@ class ProbeSchedule:
         return True
 
 
+class Backoff:
+    """Exponential backoff with jitter: ``next()`` is the pause before the next attempt."""
+
+    def __init__(self, base_s: float, max_s: float, rng: random.Random) -> None:
+        self.base_s, self.max_s, self.rng = base_s, max_s, rng
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(self.max_s, self.base_s * 2.0 ** (self.failures - 1)) * (0.5 + 0.5 * self.rng.random())
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 class _Refused(Exception):
     pass
 
@@ -256,6 +275,7 @@ class Agent:
         """Log in and stay logged in somewhere until :meth:`stop`. Run it as a task."""
         order = list(self.login_urls)
         resume: dict[str, Any] | None = None  # the live session to move, if any
+        backoff = Backoff(self.timings.retry_s, self.timings.retry_max_s, self._rng)
         try:
             while not self._stopping:
                 try:
@@ -264,7 +284,7 @@ class Agent:
                     self._to(AgentState.REFUSED, str(exc))
                     return
                 if sess is None:
-                    await asyncio.sleep(self.timings.retry_s)
+                    await asyncio.sleep(backoff.next())
                     continue
                 resume = sess.body
                 if not await self._establish(sess):
@@ -272,7 +292,13 @@ class Agent:
                     if sess.ended.is_set():
                         resume = None
                     await self._leave(sess, "not established")
+                    # The first failure tries the other site at once; more in a row wait.
+                    if backoff.failures:
+                        await asyncio.sleep(backoff.next())
+                    else:
+                        backoff.failures = 1
                     continue
+                backoff.reset()
                 why = await self._watch(sess)
                 if self._stopping:
                     return

@@ -13,6 +13,8 @@ The bench client sends no heartbeats, so the services run with a 900 s session T
 10,000-agent run lasts longer than the default 30 s; expired sessions would hand their
 virtual IDs to later logins).
 
+Each site's service runs CCDR_BENCH_WORKERS processes (default 2: `ccdr login serve --workers`).
+
 Run as root with the lab up:  python bench/bench_login_storm.py [N] [CONCURRENCY]
 (brings the lab to N phones per site; uses a scratch database and Redis db 15).
 """
@@ -49,6 +51,7 @@ ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/
 REDIS_DB = 15
 PORTS = {"a": 18081, "b": 18082}
 CCDR = str(Path(sys.executable).parent / "ccdr")
+WORKERS = int(os.environ.get("CCDR_BENCH_WORKERS", "2"))  # login-service processes per site
 
 
 def mac(i: int) -> str:
@@ -195,7 +198,8 @@ async def main(n: int, conc: int) -> None:
 def start_service(sid: str, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(tmp / f"login-{sid}.log", "wb") as log:
         return subprocess.Popen([CCDR, "login", "serve", "--site", sid, "--topology",
-                                 str(tmp / "topology.yaml"), "--session-ttl", "900"], env=env, stderr=log)
+                                 str(tmp / "topology.yaml"), "--session-ttl", "900", "--workers", str(WORKERS)],
+                                env=env, stderr=log)
 
 
 def manager_register(site_id: str, exts: list[int], expires: int = 300) -> None:

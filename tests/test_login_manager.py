@@ -644,3 +644,25 @@ async def test_access_log_names_method_path_status_and_never_the_token(
     assert any(" POST /v1/login 200 " in x for x in lines), lines
     assert any(f" GET /v1/session/{body['session_id']}/ws 101 " in x for x in lines), lines
     assert not any(body["token"] in x or "pw-agent01" in x for x in caplog.text.splitlines())
+
+
+async def test_past_the_in_flight_limit_logins_are_refused_busy_at_once(env: Env) -> None:
+    gate = asyncio.Event()
+    real = env.dir.agent
+
+    async def slow_agent(account: str) -> Any:
+        await gate.wait()  # a saturated service: logins pile up
+        return await real(account)
+
+    env.dir.agent = slow_agent  # type: ignore[method-assign]
+    async with TestClient(TestServer(build_app(env.mgr, admin_token="t", max_in_flight=2))) as c:
+        first = [asyncio.create_task(_login(c, i)) for i in (1, 2)]
+        await asyncio.sleep(0.1)
+        status, body = await _login(c, 3)  # the third: answered at once, not queued
+        assert status == 503 and body["error"]["code"] == "busy"
+        r = await c.post("/v1/move", json={"session_id": "x", "token": "y"})
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        gate.set()
+        assert [s for s, _ in await asyncio.gather(*first)] == [200, 200]
+        status, _ = await _login(c, 3)  # room again
+        assert status == 200

@@ -43,9 +43,12 @@ def login() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes sharing the port (SO_REUSEPORT), restarted if they die; about one per core. "
                    "A mass move is CPU-bound in one process.")
+@click.option("--max-in-flight", type=click.IntRange(1), default=512, show_default=True,
+              help="Logins and moves served at once per process; more are answered 503 busy at once.")
 @click.option("--access-log", is_flag=True, help="Log each request: method, path, status, seconds (not the query).")
 def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
-          authenticator_url: str | None, session_ttl_s: float, workers: int, access_log: bool) -> None:
+          authenticator_url: str | None, session_ttl_s: float, workers: int, max_in_flight: int,
+          access_log: bool) -> None:
     """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
     topo = load_topology(topology)
     site = topo.site(site_id)
@@ -71,7 +74,7 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
                 log.warning("%s", exc)
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
         svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
-                           session_ttl_s=session_ttl_s)
+                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight)
         await svc.serve(host, port, reuse_port=workers > 1, access_log=access_log)
         click.echo(f"login service for site {site.id} on http://{host}:{port} (pid {os.getpid()})", err=True)
         stop = asyncio.Event()

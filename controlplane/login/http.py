@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 MANAGER: web.AppKey[LoginManager] = web.AppKey("manager")
 SOCKETS: web.AppKey[defaultdict[str, set[web.WebSocketResponse]]] = web.AppKey("sockets")
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token")
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
+DEFAULT_MAX_IN_FLIGHT = 512  # logins and moves being served at once by one process
+
+
+class Admission:
+    """Load shedding for logins and moves: past ``limit`` in flight, answer 503 ``busy`` at
+    once. A login queued longer than the client waits is work thrown away twice (the
+    client gives up and asks again); 5,000 agents starting at once kept two services
+    saturated with such retries for minutes. A quick "busy" makes the client back off."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.shed = 0  # requests refused as busy (tests, /status)
 
 
 def _error(code: str, status: int, message: str) -> web.Response:
@@ -46,6 +60,25 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         return resp
     except LoginRefused as exc:
         return _error(exc.code, exc.status, str(exc))
+
+
+@web.middleware
+async def admission(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method != "POST" or request.path not in ("/v1/login", "/v1/move"):
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    adm = request.app[ADMISSION]
+    if adm.in_flight >= adm.limit:
+        adm.shed += 1
+        r = _error("busy", 503, "too many logins in progress here; retry in a moment")
+        r.headers["Retry-After"] = "1"
+        return r
+    adm.in_flight += 1
+    try:
+        resp = await handler(request)
+        return resp
+    finally:
+        adm.in_flight -= 1
 
 
 async def login(request: web.Request) -> web.Response:
@@ -146,8 +179,9 @@ async def broadcast(app: web.Application, message: dict[str, Any]) -> None:
         await push(app, sid, message)
 
 
-def build_app(manager: LoginManager, admin_token: str) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+def build_app(manager: LoginManager, admin_token: str, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, admission])
+    app[ADMISSION] = Admission(max_in_flight)
     app[MANAGER] = manager
     sockets: defaultdict[str, set[web.WebSocketResponse]] = defaultdict(set)
     app[SOCKETS] = sockets

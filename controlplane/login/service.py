@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
 from controlplane.login.authn import Authenticator
-from controlplane.login.http import SOCKETS, broadcast, build_app, push
+from controlplane.login.http import ADMISSION, DEFAULT_MAX_IN_FLIGHT, SOCKETS, broadcast, build_app, push
 from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
@@ -64,6 +64,7 @@ class LoginService:
         limits: RateLimits | None = None,
         clock: Clock | None = None,
         authenticator: Authenticator | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.clock = clock or RealClock()
         self.redis = redis
@@ -74,7 +75,7 @@ class LoginService:
                                     LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock,
                                     authenticator=authenticator)
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
-        self.app = build_app(self.manager, admin_token)
+        self.app = build_app(self.manager, admin_token, max_in_flight)
         self.manager.push = self._deliver
         self.app.router.add_get(STATUS_PATH, self._status)
         self._runner: web.AppRunner | None = None
@@ -175,6 +176,8 @@ class LoginService:
             "redis": {"state": "up" if redis_ok else "down"},
             "pbx": pbx,
             "tasks": tasks,
+            "admission": {"in_flight": self.app[ADMISSION].in_flight, "limit": self.app[ADMISSION].limit,
+                          "shed": self.app[ADMISSION].shed},
             "sessions": {"live": await self.sessions.count(),
                          "connected": sum(len(v) for v in self.app[SOCKETS].values())},
         }

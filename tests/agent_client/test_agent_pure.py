@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from agent_client.agent import AgentTimings, FailureDetector, ProbeSchedule, Signal
+from agent_client.agent import AgentTimings, Backoff, FailureDetector, ProbeSchedule, Signal
 
 T = AgentTimings()
 
@@ -68,3 +68,14 @@ def test_detector_reports_changes_and_when_it_will_confirm() -> None:
     d.ok(Signal.PBX_STATE)
     d.ok(Signal.PBX_STATE)  # again: no change
     assert len(changes) == 3 and d.confirm_at() == float("inf")
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    b = Backoff(1.0, 30.0, random.Random(3))
+    delays = [b.next() for _ in range(8)]
+    for k, d in enumerate(delays):
+        full = min(30.0, 2.0**k)
+        assert full * 0.5 <= d <= full, (k, d)
+    assert len({round(d, 3) for d in delays}) == 8  # jittered, not a fixed beat
+    b.reset()
+    assert 0.5 <= b.next() <= 1.0
