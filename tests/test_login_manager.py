@@ -666,3 +666,15 @@ async def test_past_the_in_flight_limit_logins_are_refused_busy_at_once(env: Env
         assert [s for s, _ in await asyncio.gather(*first)] == [200, 200]
         status, _ = await _login(c, 3)  # room again
         assert status == 200
+
+
+async def test_drain_is_bounded_and_cancels_what_is_left(env: Env) -> None:
+    hung = asyncio.Event()
+
+    async def stuck() -> None:
+        await hung.wait()  # a CTI registration waiting on a PBX that never answers
+
+    env.mgr.spawn(stuck())
+    task = next(iter(env.mgr._cti_tasks))
+    await asyncio.wait_for(env.mgr.drain(0.1), 2)
+    assert task.cancelled() and not env.mgr._cti_tasks

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUS_PATH = "/status"
 LISTEN_BACKLOG = 4096
+STOP_GRACE_S = 5.0  # SIGTERM: in-flight requests, then CTI work, get this long each
 DEEP_SWEEP_S = 60.0  # a session waiting this long for its phone: ask the PBX for its contacts
 
 
@@ -77,6 +78,7 @@ class LoginService:
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
         self.app = build_app(self.manager, admin_token, max_in_flight)
         self.manager.push = self._deliver
+        self.app.on_shutdown.append(self._close_channels)
         self.app.router.add_get(STATUS_PATH, self._status)
         self._runner: web.AppRunner | None = None
 
@@ -145,7 +147,7 @@ class LoginService:
         await self.start_loops()
         # The access log (method, path, status, seconds: no query string, which holds the
         # session channel's token) is off by default: a line per login in a storm is costly.
-        self._runner = web.AppRunner(self.app, access_log_class=_AccessLog,
+        self._runner = web.AppRunner(self.app, access_log_class=_AccessLog, shutdown_timeout=STOP_GRACE_S,
                                      access_log=_ACCESS if access_log else None)
         await self._runner.setup()
         # A mass move brings thousands of connections at once; aiohttp's default listen
@@ -155,10 +157,17 @@ class LoginService:
         log.info("login service for site %s on %s:%d", self.manager.site.id, host, port)
 
     async def stop(self) -> None:
+        """Orderly and bounded: loops stopped, channels closed (clients reconnect elsewhere),
+        requests given STOP_GRACE_S, then CTI work given as long and cancelled."""
         await self.supervisor.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.manager.drain()
+        await self.manager.drain(STOP_GRACE_S)
+
+    async def _close_channels(self, app: web.Application) -> None:
+        for socks in list(app[SOCKETS].values()):
+            for ws in list(socks):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"login service stopping")
 
     async def status(self) -> dict[str, Any]:
         """Every component's health in one document (after Wazo's /status)."""
