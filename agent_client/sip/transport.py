@@ -26,6 +26,9 @@ from .message import SipMessage, parse, uri_user
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
+RECEIVE_BUFFER = 32 * 1024 * 1024
+DRAIN_MAX = 1000  # datagrams read per wake-up at most
 
 
 @dataclass(frozen=True)
@@ -122,24 +125,70 @@ class SipTransport(asyncio.DatagramProtocol):
         self._tx: dict[str, _ClientTx] = {}
         self._users: dict[str, RequestHandler] = {}
         self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = TransportStats()
 
     @classmethod
     async def open(
         cls, host: str = "0.0.0.0", port: int = 0, *, timers: SipTimers | None = None, advertise: str | None = None
     ) -> SipTransport:
-        """Bind the socket. ``advertise`` is the address put in Via/Contact (needed if ``host`` is 0.0.0.0)."""
+        """Bind the socket. ``advertise`` is the address put in Via/Contact (needed if ``host`` is 0.0.0.0).
+
+        Not asyncio's datagram transport: it reads one datagram per event-loop iteration, so
+        a loop busy with thousands of agents read ~1,000 datagrams a second while a registrar
+        answered a mass move with several thousand; the kernel dropped the rest, the lines
+        retransmitted, and a 1,000-agent move took 8 s to register instead of 1. Here every
+        wake-up drains the socket."""
         loop = asyncio.get_running_loop()
-        udp, proto = await loop.create_datagram_endpoint(lambda: cls(timers=timers), local_addr=(host, port))
-        sock = udp.get_extra_info("socket")
-        if sock is not None:
-            # Thousands of lines share this socket: a registrar answering a burst must not
-            # overflow the default ~200 KB receive buffer (drops become retransmissions).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock_host, sock_port = udp.get_extra_info("sockname")[:2]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # Thousands of lines share this socket: room for a registrar's burst. As root,
+            # past net.core.rmem_max (SO_RCVBUFFORCE); otherwise as much as it allows.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        proto = cls(timers=timers)
+        proto._attach(loop, sock)
+        sock_host, sock_port = sock.getsockname()[:2]
         proto.local_addr = (advertise or sock_host, sock_port)
         return proto
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._sock = sock
+        self._loop = loop
+
+        def sendto(data: bytes, addr: Addr) -> None:
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):  # a full send buffer: the retransmission covers it
+                self.stats.last_error = "send buffer full"
+            except OSError as exc:  # e.g. ICMP unreachable reported on the next send
+                self.error_received(exc)
+
+        self._sendto = sendto
+        loop.add_reader(sock.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(DRAIN_MAX):  # bounded: other work gets its turn
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                continue
+            self.datagram_received(data, addr)
 
     @property
     def clock(self) -> Clock:
@@ -179,6 +228,12 @@ class SipTransport(asyncio.DatagramProtocol):
             if not tx.future.done():
                 tx.future.cancel()
         self._tx.clear()
+        if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+            self._sendto = None
         if self._udp is not None:
             self._udp.close()
             # A refresh that starts after this gets SipTransportClosed (a failed

@@ -375,3 +375,20 @@ async def test_a_refresh_after_the_transport_closed_fails_cleanly() -> None:
     ev = await line.register(("127.0.0.1", 9), expires=60)
     assert ev.kind is LineEventKind.REGISTRATION_FAILED and "closed" in ev.detail
     line.close()
+
+
+async def test_transport_drains_a_burst_in_one_wakeup_not_one_datagram_per_loop_turn() -> None:
+    import socket as _socket
+
+    from agent_client.sip.transport import SipTransport
+
+    t = await SipTransport.open("127.0.0.1", 0)
+    try:
+        with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+            for _ in range(500):  # a registrar's burst while our loop was busy
+                s.sendto(b"\r\n\r\n", t.local_addr)
+        for _ in range(3):  # three loop turns: asyncio's datagram transport read three datagrams
+            await asyncio.sleep(0)
+        assert t.stats.received == 500
+    finally:
+        t.close()
