@@ -285,6 +285,17 @@ async def test_import_profile_hash_is_upgraded_on_first_login(client: TestClient
     assert (await _login(client, 5))[0] == 200
     await env.mgr.drain()
     assert env.dir.agents["agent05"].password_hash != old5
+    # None while the process is busy with logins (a storm): the upgrade waits for a calm.
+    old7 = env.dir.agents["agent07"].password_hash
+    await env.clock.advance(0.25)
+    env.mgr._logins_now += 5  # five other logins in progress here
+    assert (await _login(client, 7))[0] == 200
+    await env.mgr.drain()
+    assert env.dir.agents["agent07"].password_hash == old7
+    env.mgr._logins_now -= 5
+    assert (await _login(client, 7))[0] == 200
+    await env.mgr.drain()
+    assert env.dir.agents["agent07"].password_hash != old7
 
 
 class _Authn:

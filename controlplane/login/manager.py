@@ -46,6 +46,9 @@ MEMBER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}/[0-9]+$")  # account/vaid: the
 # which caps a login storm at ~18 logins/s. Hashes made otherwise are upgraded on login.
 LOGIN_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 REHASH_INTERVAL_S = 0.2  # at most 5 upgrades a second per service: ~10 % of one core
+# ... and none while more logins than this are in progress in the process: in a 5,000-agent
+# login with four workers, trickled upgrades still took a third of the machine's CPU.
+REHASH_BUSY_LOGINS = 2
 # A dummy hash so an unknown account costs the same time as a wrong password.
 _DUMMY_HASH = LOGIN_HASHER.hash("not-a-real-password")
 
@@ -100,6 +103,7 @@ class LoginManager:
         self.hasher = hasher or LOGIN_HASHER
         self.authenticator = authenticator
         self._rehashing: set[str] = set()
+        self._logins_now = 0  # logins in progress in this process
         self._next_rehash = float("-inf")
         self._rehash_slot = asyncio.Semaphore(1)
         self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
@@ -116,6 +120,13 @@ class LoginManager:
                 for s in self.topology.sites}
 
     async def login(self, account: Any, password: Any, mac: Any, source: str) -> LoginResult:
+        self._logins_now += 1
+        try:
+            return await self._login(account, password, mac, source)
+        finally:
+            self._logins_now -= 1
+
+    async def _login(self, account: Any, password: Any, mac: Any, source: str) -> LoginResult:
         for name, value in (("account", account), ("password", password), ("mac", mac)):
             if not isinstance(value, str) or not value:
                 raise LoginRefused("bad_request", 400, f"{name}: required, a non-empty string")
@@ -273,7 +284,7 @@ class LoginManager:
             return False
         now = self.clock.now()
         if (self.hasher.check_needs_rehash(rec.password_hash) and now >= self._next_rehash
-                and rec.profile.account not in self._rehashing):
+                and self._logins_now <= REHASH_BUSY_LOGINS and rec.profile.account not in self._rehashing):
             # Imported with the light import profile (or older parameters): upgrade the hash
             # now that we hold the password, off the login's path and trickled (at most one
             # per REHASH_INTERVAL_S): 10,000 strong hashes at once would take 200 CPU-seconds
