@@ -53,7 +53,7 @@ REDIS_DB = 14
 LOGIN_PORTS = {"a": 18281, "b": 18282}
 LOGIN_WORKERS = 2  # processes per site's login service: one per core of the lab machine
 READY = (AgentState.READY, AgentState.SUSPECT)
-LOGIN_RAMP = 250.0  # agents starting per second before the faults
+LOGIN_RAMP = 100.0  # agents starting per second before the faults (250/s overloaded the lab at 5,000)
 
 
 def mac(i: int) -> str:
