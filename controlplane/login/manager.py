@@ -65,6 +65,16 @@ async def _add_member(pbx: PbxClient, queue: str, iface: str, name: str, penalty
             raise
 
 
+async def _remove_members(pbx: PbxClient, queues: list[str], iface: str) -> None:
+    """QueueRemove from each queue; "not a member" (a CTI registration that never
+    completed there) is fine."""
+    for q in queues:
+        try:
+            await pbx.queue_remove(q, iface)
+        except PbxError as exc:
+            log.debug("queue_remove %s %s: %s", q, iface, exc)
+
+
 @dataclass
 class LoginResult:
     session: LiveSession
@@ -76,6 +86,21 @@ class LoginResult:
 class _Pending:
     by_ext: dict[str, str] = field(default_factory=dict)  # extension -> session id
     since: dict[str, float] = field(default_factory=dict)  # extension -> when it started waiting
+
+    def wait(self, extension: str, sid: str, now: float, *, keep: bool = False) -> None:
+        """``sid`` waits for its phone on ``extension``; ``keep``: unless another already does."""
+        if keep:
+            self.by_ext.setdefault(extension, sid)
+            self.since.setdefault(extension, now)
+        else:
+            self.by_ext[extension] = sid
+            self.since[extension] = now
+
+    def forget(self, extension: str, sid: str) -> None:
+        """Drop ``sid``'s wait, not the wait of a session that replaced it on that phone."""
+        if self.by_ext.get(extension) == sid:
+            self.by_ext.pop(extension, None)
+            self.since.pop(extension, None)
 
 
 class LoginManager:
@@ -178,8 +203,7 @@ class LoginManager:
             raise
         if replaced:
             self.spawn(self._end(replaced, "replaced"))
-        self.pending[target.id].by_ext[line.extension] = sid
-        self.pending[target.id].since[line.extension] = self.clock.now()
+        self.pending[target.id].wait(line.extension, sid, self.clock.now())
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
         log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
@@ -245,12 +269,8 @@ class LoginManager:
         self.tokens[sid] = token
         # Forget the old site's CTI work for this session in this service (the old site's
         # own service guards with the session's site when it gets there).
-        p = self.pending[old.site]
-        if p.by_ext.get(old.extension) == sid:
-            p.by_ext.pop(old.extension, None)
-            p.since.pop(old.extension, None)
-        self.pending[target.id].by_ext[line.extension] = sid
-        self.pending[target.id].since[line.extension] = self.clock.now()
+        self.pending[old.site].forget(old.extension, sid)
+        self.pending[target.id].wait(line.extension, sid, self.clock.now())
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
         self.spawn(self._left(old, line.extension))
@@ -266,11 +286,7 @@ class LoginManager:
             log.warning("history of the move of %s: %s", old.account, type(exc).__name__)
         pbx = self.pbx.get(old.site)
         if pbx is not None and pbx.state is LinkState.UP:
-            for q, _ in old.queues:
-                try:
-                    await pbx.queue_remove(q, f"PJSIP/{old.extension}")
-                except PbxError as exc:  # not a member (CTI never completed there)
-                    log.debug("queue_remove %s %s: %s", q, old.extension, exc)
+            await _remove_members(pbx, [q for q, _ in old.queues], f"PJSIP/{old.extension}")
 
     async def _check_password(self, rec: AgentRecord | None, password: str) -> bool:
         if rec is not None and rec.password_hash == "":
@@ -377,8 +393,7 @@ class LoginManager:
                     await self._notify(sid, {"type": "cti", "state": "failed", "error": type(exc).__name__})
                 return
             log.info("CTI registration at %s of %s: %s; retrying", site, extension, type(exc).__name__)
-            self.pending[site].by_ext.setdefault(extension, sid)
-            self.pending[site].since.setdefault(extension, self.clock.now())
+            self.pending[site].wait(extension, sid, self.clock.now(), keep=True)
             await asyncio.sleep(0.5 * (attempt + 1))
             await self._cti_register(site, extension, attempt + 1)
         finally:
@@ -410,8 +425,7 @@ class LoginManager:
             # The link dropped mid-way (a PBX restarting, an overloaded one): the session
             # waits again and is retried when the link is back up (on_event, PBX_UP).
             log.info("CTI registration of %s at %s postponed: %s", s.account, site, exc)
-            self.pending[site].by_ext.setdefault(extension, sid)
-            self.pending[site].since.setdefault(extension, self.clock.now())
+            self.pending[site].wait(extension, sid, self.clock.now(), keep=True)
             return
         except PbxError as exc:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
@@ -420,11 +434,7 @@ class LoginManager:
         if not await self.sessions.set_state(sid, "cti_registered", site=site):
             # Ended, or moved to another site, while its members were added here.
             log.info("session of %s left %s during its CTI registration; removing its members", s.account, site)
-            for q, _ in s.queues:
-                try:
-                    await pbx.queue_remove(q, iface)
-                except PbxError as exc:
-                    log.debug("queue_remove %s %s: %s", q, iface, exc)
+            await _remove_members(pbx, [q for q, _ in s.queues], iface)
             return
         await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
                                  "queues": [q for q, _ in s.queues]})
@@ -446,10 +456,7 @@ class LoginManager:
         return True
 
     async def _cleanup(self, s: LiveSession, why: str) -> None:
-        p = self.pending[s.site]
-        if p.by_ext.get(s.extension) == s.id:  # not the waiting entry of its replacement
-            p.by_ext.pop(s.extension, None)
-            p.since.pop(s.extension, None)
+        self.pending[s.site].forget(s.extension, s.id)
         # A session replaced by a new login of the same agent on the same phone at the same
         # site shares its queue members (same interface): removing them would pull the rug
         # from under the new session's CTI registration (seen in a 1,000-agent failover,
@@ -462,13 +469,7 @@ class LoginManager:
                 keep = {q for q, _ in successor.queues}
         pbx = self.pbx.get(s.site)
         if pbx is not None and pbx.state is LinkState.UP:
-            for q, _ in s.queues:
-                if q in keep:
-                    continue
-                try:
-                    await pbx.queue_remove(q, f"PJSIP/{s.extension}")
-                except PbxError as exc:  # not a member (CTI never completed) is fine
-                    log.debug("queue_remove %s %s: %s", q, s.extension, exc)
+            await _remove_members(pbx, [q for q, _ in s.queues if q not in keep], f"PJSIP/{s.extension}")
         await self.directory.release_vaid(s.id)
         await self.directory.session_ended(s.id, why)
         await self.sessions.redis.delete(self.sessions.token_key(s.id))
