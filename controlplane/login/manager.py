@@ -131,7 +131,6 @@ class LoginManager:
         self._logins_now = 0  # logins in progress in this process
         self._next_rehash = float("-inf")
         self._rehash_slot = asyncio.Semaphore(1)
-        self.tokens: dict[str, str] = {}  # session id -> token (kept in Redis too)
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.registered: dict[str, set[str]] = defaultdict(set)  # site -> registered endpoints
         self._cti_tasks: set[asyncio.Future[object]] = set()
@@ -189,12 +188,11 @@ class LoginManager:
                               vaid=vaid, mac=norm_mac, queues=queues, created_at=self.clock.now())
         try:
             replaced = await self.sessions.put(session, self.clock.now())
-            await self.sessions.redis.set(self.sessions.token_key(sid), token)
+            await self.sessions.set_token(sid, token)
         except BaseException:
             await self.directory.release_vaid(sid)
             await self.sessions.claim(sid)
             raise
-        self.tokens[sid] = token
         try:
             await self.directory.session_started(sid, account, target.id, norm_mac, line.extension, vaid,
                                                  decision.reason)
@@ -266,7 +264,6 @@ class LoginManager:
                           vaid=old.vaid, mac=old.mac, queues=queues, created_at=old.created_at)
         if not await self.sessions.move(new, self.clock.now()):
             raise LoginRefused("bad_session", 401, "the session ended while moving")
-        self.tokens[sid] = token
         # Forget the old site's CTI work for this session in this service (the old site's
         # own service guards with the session's site when it gets there).
         self.pending[old.site].forget(old.extension, sid)
@@ -331,11 +328,7 @@ class LoginManager:
         return await asyncio.to_thread(check)
 
     async def check_token(self, sid: str, token: str) -> bool:
-        stored = await self.sessions.redis.get(self.sessions.token_key(sid))
-        if stored is None:
-            return False
-        value = stored.decode() if isinstance(stored, bytes) else str(stored)
-        return secrets.compare_digest(value, token)
+        return await self.sessions.check_token(sid, token)
 
     # --- CTI registration ------------------------------------------------------
 
@@ -472,8 +465,7 @@ class LoginManager:
             await _remove_members(pbx, [q for q, _ in s.queues if q not in keep], f"PJSIP/{s.extension}")
         await self.directory.release_vaid(s.id)
         await self.directory.session_ended(s.id, why)
-        await self.sessions.redis.delete(self.sessions.token_key(s.id))
-        self.tokens.pop(s.id, None)
+        await self.sessions.drop_token(s.id)
         # The client's channel may be held by another site's service (it served the login;
         # this one the login that replaced it): the service's push relays it there.
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})

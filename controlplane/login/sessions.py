@@ -13,6 +13,7 @@ Time is passed in (``now``), never read here, so tests drive it.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -110,6 +111,16 @@ class SessionStore:
 
     def token_key(self, sid: str) -> str:
         return f"{self.p}sess:token:{sid}"
+
+    async def set_token(self, sid: str, token: str) -> None:
+        await self.redis.set(self.token_key(sid), token)
+
+    async def check_token(self, sid: str, token: str) -> bool:
+        stored = await self.redis.get(self.token_key(sid))
+        return stored is not None and secrets.compare_digest(_text(stored), token)
+
+    async def drop_token(self, sid: str) -> None:
+        await self.redis.delete(self.token_key(sid))
 
     async def move(self, s: LiveSession, now: float) -> bool:
         """Re-home a live session in place (same id, token and virtual ID): its site,
