@@ -12,11 +12,13 @@ The reference design's client half, step for step:
    registration refreshes. One failing signal only makes the agent *suspect*; a failure
    is *confirmed* when two different signals have been failing together for
    ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody).
-4. On a confirmed failure: ask another site's login service to move the live session
-   there (``POST /v1/move``: same session, token and virtual ID, no password); if it no
-   longer knows the session, log in there afresh, which replaces the old session. Then
-   un-register the line at the old registrar where it still answers (in the background,
-   2 s at most).
+4. On a confirmed failure: if the session channel still works (the site's PBX died, its
+   login service did not), ask over it to move the live session away from the site (same
+   session, token and virtual ID, no password; the channel stays). Otherwise, or if that
+   is refused, ask another site's login service (``POST /v1/move``); if it no longer
+   knows the session, log in there afresh, which replaces the old session. Then register
+   the line at the new site and wait for CTI as at login, and un-register the line at
+   the old registrar where it still answers (in the background, 2 s at most).
 
 Every transition is an :class:`AgentEvent` with a monotonic timestamp. Timings are data
 (:class:`AgentTimings`); the login reply's ``timings`` override the heartbeat interval.
@@ -205,6 +207,8 @@ class _Session:
     body: dict[str, Any]
     ws: aiohttp.ClientWebSocketResponse | None = None
     cti: asyncio.Event = field(default_factory=asyncio.Event)
+    move_reply: asyncio.Future[dict[str, Any]] | None = None  # a move asked over the channel
+    how: str = "login"  # how it came to this site: "login", "move request", "move in channel"
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     last_server_hb: float = 0.0
 
@@ -275,17 +279,22 @@ class Agent:
         """Log in and stay logged in somewhere until :meth:`stop`. Run it as a task."""
         order = list(self.login_urls)
         resume: dict[str, Any] | None = None  # the live session to move, if any
+        moved: _Session | None = None  # moved over its channel: establish it, no login
         backoff = Backoff(self.timings.retry_s, self.timings.retry_max_s, self._rng)
         try:
             while not self._stopping:
-                try:
-                    sess = await self._login(order, resume)
-                except _Refused as exc:
-                    self._to(AgentState.REFUSED, str(exc))
-                    return
-                if sess is None:
-                    await asyncio.sleep(backoff.next())
-                    continue
+                if moved is not None:
+                    sess, moved = moved, None
+                else:
+                    try:
+                        got = await self._login(order, resume)
+                    except _Refused as exc:
+                        self._to(AgentState.REFUSED, str(exc))
+                        return
+                    if got is None:
+                        await asyncio.sleep(backoff.next())
+                        continue
+                    sess = got
                 resume = sess.body
                 if not await self._establish(sess):
                     order = self._others_first(sess.url)
@@ -303,6 +312,9 @@ class Agent:
                 if self._stopping:
                     return
                 self._to(AgentState.MOVING, why)
+                if await self._move_in_channel(sess):
+                    moved = sess
+                    continue
                 order = self._others_first(sess.url)
                 if sess.ended.is_set():
                     resume = None
@@ -326,7 +338,7 @@ class Agent:
                     "session_id": resume["session_id"], "token": resume["token"]})
                 if status == 200:
                     self.site = str(body["site"])
-                    return _Session(url, body)
+                    return _Session(url, body, how="move request")
                 if status is None or status >= 500:
                     continue  # that site is no better: try the next service, still moving
                 resume = None  # bad_session (ended meanwhile) or refused: log in afresh
@@ -339,6 +351,38 @@ class Agent:
             if code in ("bad_credentials", "unknown_mac", "bad_request"):
                 raise _Refused(f"{url}: {code}")
         return None
+
+    async def _move_in_channel(self, sess: _Session) -> bool:
+        """Ask the login service holding the session channel to move the session away from
+        its site (``{"type": "move"}``): when only the site's PBX died, its service still
+        answers, and the move needs neither a request nor a new channel at the survivor
+        (in a 1,000-agent move those were most of both sides' work). True if moved:
+        ``sess`` then describes the new site. False, and the client moves by
+        ``POST /v1/move`` at another service, if the channel is failing or the answer is a
+        refusal or late."""
+        ws = sess.ws
+        if (ws is None or ws.closed or sess.ended.is_set()
+                or {Signal.SESSION_CHANNEL, Signal.LOGIN_SERVICE} & self.detector.failing.keys()):
+            return False
+        self._to(AgentState.LOGGING_IN, "move in channel")
+        sess.move_reply = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.timings.login_timeout_s):
+                await ws.send_json({"type": "move", "away_from": sess.site})
+                reply = await sess.move_reply
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            self._to(AgentState.LOGGING_IN, f"move in channel: {type(exc).__name__}")
+            return False
+        finally:
+            sess.move_reply = None
+        if reply.get("type") != "moved" or not isinstance(reply.get("session"), dict):
+            self._to(AgentState.LOGGING_IN, f"move in channel: {reply.get('code', 'refused')}")
+            return False
+        sess.body = reply["session"]
+        sess.how = "move in channel"
+        sess.cti.clear()
+        self.site = sess.site
+        return True
 
     async def _post(self, url: str, path: str, payload: dict[str, Any]) -> tuple[int | None, Any]:
         """(status, JSON body); (None, None) if the service did not answer in time."""
@@ -410,10 +454,12 @@ class Agent:
         if not sess.cti.is_set():
             self._to(AgentState.AWAITING_CTI, "session ended" if sess.ended.is_set() else "no CTI registration")
             return False
-        self._to(AgentState.READY)
+        self._to(AgentState.READY, sess.how)
         return True
 
     async def _open_channel(self, sess: _Session) -> None:
+        if sess.ws is not None and not sess.ws.closed:
+            return  # kept through a move in the channel
         b = sess.body
         async with asyncio.timeout(self.timings.login_timeout_s):
             sess.ws = await self.http.ws_connect(f"{sess.url}/v1/session/{b['session_id']}/ws?token={b['token']}",
@@ -433,8 +479,11 @@ class Agent:
                 self.detector.ok(Signal.SESSION_CHANNEL)
             if kind == "hello" and data.get("cti") == "cti_registered":
                 sess.cti.set()
-            elif kind == "cti" and data.get("state") == "registered":
+            elif kind == "cti" and data.get("state") == "registered" and data.get("site", sess.site) == sess.site:
                 sess.cti.set()
+            elif kind in ("moved", "move_refused"):
+                if sess.move_reply is not None and not sess.move_reply.done():
+                    sess.move_reply.set_result(data)
             elif kind == "pbx" and data.get("site") == sess.site:
                 if data.get("state") == "up":
                     self.detector.ok(Signal.PBX_STATE)

@@ -90,6 +90,7 @@ def test_bad_scenario_reports_every_field_by_path() -> None:
 
 def _report(passed: bool) -> dict[str, object]:
     return {"scenario": "kill-a", "agents": 4, "lost_agents": 0, "agents_at_both_sites": 0, "moved_agents": 4,
+            "moved_by": {"move in channel": 3, "move <request>": 1},
             "recovery_s": {"p50": 1.2, "p95": 1.9, "max": 2.0, "mean": 1.3},
             "recovery_times": [1.0, 1.2, 1.5, 2.0], "faults": [{"at": 0.0, "action": "kill", "site": "a"}],
             "timeline": [{"t": i / 10, "ready": {"a": 4 if i < 10 else 0, "b": 0 if i < 15 else 4}}
@@ -105,6 +106,7 @@ def test_report_files_json_html_png(tmp_path: Path) -> None:
     assert set(doc["recovery_s"]) >= {"p50", "p95", "max"}
     page = (tmp_path / "r" / "report.html").read_text()
     assert "FAILED" in page and "timeline.png" in page
+    assert "4 moved (1 by move &lt;request&gt;, 3 by move in channel)" in page
     png = (tmp_path / "r" / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", png[16:24])

@@ -29,6 +29,10 @@ async def test_site_fault_moves_every_agent_to_b(name: str, lab_topology: Any) -
     # none a member at both sites once a is back.
     assert rep["final_sites"] == {"a": 0, "b": 200}
     assert rep["lost_agents"] == 0 and rep["agents_at_both_sites"] == 0 and rep["moved_agents"] == 200
+    # Where a's login service lives on, each agent asks it over its session channel to move
+    # it; where it stopped, each asks b's service (POST /v1/move).
+    how = "move request" if name == "stop-login-a" else "move in channel"
+    assert rep["moved_by"] == {how: 200}
 
 
 async def test_twenty_one_second_blips_move_nobody(lab_topology: Any) -> None:

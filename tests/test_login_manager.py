@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
 from controlplane.login.decide import SwitchRule
-from controlplane.login.http import build_app
+from controlplane.login.http import ADMISSION, build_app
 from controlplane.login.manager import LoginManager, normalize_mac
 from controlplane.login.ports import Line
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
@@ -593,6 +593,62 @@ async def test_move_to_a_site_whose_pbx_is_down_is_refused(client: TestClient[An
         assert s is not None and s.site == "a"  # nothing changed
     finally:
         await cb.close()
+
+
+async def _next(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        m: dict[str, Any] = await asyncio.wait_for(ws.receive_json(), 5)
+        if m["type"] == kind:
+            return m
+
+
+async def test_move_in_the_session_channel_rehomes_at_the_other_site_and_keeps_the_channel(
+        client: TestClient[Any, Any], env: Env) -> None:
+    """Site a's PBX dies, its login service lives: the client asks over its channel to move
+    away from a. The session moves to b (same id, token, virtual ID), a's service adds the
+    members at b after the phone registers there, and the CTI push comes on that channel."""
+    _, body = await _login(client, 1)
+    ws = await client.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
+    await _next(ws, "hello")
+    await ws.send_json({"type": "move"})
+    assert (await _next(ws, "move_refused"))["code"] == "bad_request"  # away from where?
+    env.pbx["b"].set_state(LinkState.UNREACHABLE)
+    await ws.send_json({"type": "move", "away_from": "a"})
+    assert (await _next(ws, "move_refused"))["code"] == "pbx_unreachable"  # nowhere to go
+    env.pbx["b"].set_state(LinkState.UP)
+    env.pbx["a"].set_state(LinkState.UNREACHABLE)
+    await ws.send_json({"type": "move", "away_from": "a"})
+    moved = (await _next(ws, "moved"))["session"]
+    assert (moved["site"], moved["extension"], moved["registrar"]["host"]) == ("b", "3001", "10.9.0.2")
+    assert (moved["session_id"], moved["token"], moved["virtual_agent_id"]) == (
+        body["session_id"], body["token"], body["virtual_agent_id"])
+    assert moved["queues"] == ["sales-b", "vip-b"]
+    assert env.dir.moves == [(body["session_id"], "a", "b", "3001")]
+    await ws.send_json({"type": "move", "away_from": "a"})  # a retry: it stays at b
+    assert (await _next(ws, "moved"))["session"]["site"] == "b"
+    assert len(env.dir.moves) == 1
+    await env.mgr.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3001"))
+    cti = await _next(ws, "cti")
+    assert (cti["state"], cti["site"]) == ("registered", "b")
+    assert env.pbx["b"].members["sales-b"]["PJSIP/3001"].name == "agent01/1"
+    s = await env.sessions.get(body["session_id"])
+    assert s is not None and (s.site, s.state) == ("b", "cti_registered")
+    assert not ws.closed
+    await ws.close()
+
+
+async def test_a_move_in_the_channel_counts_against_the_in_flight_limit(env: Env) -> None:
+    app = build_app(env.mgr, admin_token="t", max_in_flight=1)
+    async with TestClient(TestServer(app)) as c:
+        _, body = await _login(c, 1)
+        ws = await c.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
+        await _next(ws, "hello")
+        app[ADMISSION].in_flight = 1  # a login in progress
+        await ws.send_json({"type": "move", "away_from": "a"})
+        assert (await _next(ws, "move_refused"))["code"] == "busy"
+        assert app[ADMISSION].shed == 1
+        app[ADMISSION].in_flight = 0
+        await ws.close()
 
 
 async def test_a_session_that_moves_during_its_cti_registration_leaves_no_members_behind(

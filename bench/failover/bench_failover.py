@@ -62,6 +62,30 @@ async def raw_limit(n: int) -> tuple[float, float, float]:
         fleet.close()
 
 
+def phases(d: Drill) -> str:
+    """Each moved agent's recovery split at its events: confirmed (MOVING), moved (the move
+    answered: REGISTERING), line registered and channel open (AWAITING_CTI), CTI (READY)."""
+    cols: dict[str, list[float]] = {"confirm": [], "move": [], "line": [], "cti": []}
+    for a in d.agents:
+        ev = [e for e in a.events if e.at >= d.t0]
+        m = max((i for i, e in enumerate(ev) if e.state is AgentState.MOVING), default=None)
+        if m is None:
+            continue
+        at = [next((e.at for e in ev[m:] if e.state is s), None)
+              for s in (AgentState.REGISTERING, AgentState.AWAITING_CTI, AgentState.READY)]
+        t_reg, t_cti, t_ready = at
+        if t_reg is None or t_cti is None or t_ready is None:
+            continue
+        cols["confirm"].append(ev[m].at - d.t0)
+        cols["move"].append(t_reg - ev[m].at)
+        cols["line"].append(t_cti - t_reg)
+        cols["cti"].append(t_ready - t_cti)
+
+    def q(xs: list[float], p: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+    return ", ".join(f"{k} {q(v, .5):.2f}/{q(v, .95):.2f}/{max(v, default=float('nan')):.2f}" for k, v in cols.items())
+
+
 async def one(n: int) -> None:
     sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
                   observe_s=max(30.0, n / 50), expect={"lost_agents": 0})
@@ -72,7 +96,8 @@ async def one(n: int) -> None:
     first_move = min(moves_) if moves_ else float("nan")
     last_ready = rep["recovery_s"]["max"]
     rehoming = last_ready - first_move
-    print(f"drill done: {rep['recovery_s']}, first move {first_move:.2f} s", flush=True)
+    print(f"drill done: {rep['recovery_s']}, first move {first_move:.2f} s, moved by {rep['moved_by']}", flush=True)
+    print("  per-agent phases after the fault, p50/p95/max s: " + phases(d), flush=True)
     t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]
     print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"

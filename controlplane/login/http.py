@@ -25,6 +25,7 @@ SOCKETS: web.AppKey[defaultdict[str, set[web.WebSocketResponse]]] = web.AppKey("
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token")
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 DEFAULT_MAX_IN_FLIGHT = 512  # logins and moves being served at once by one process
+BUSY = "too many logins in progress here; retry in a moment"
 
 
 class Admission:
@@ -37,6 +38,17 @@ class Admission:
         self.limit = limit
         self.in_flight = 0
         self.shed = 0  # requests refused as busy (tests, /status)
+
+    def enter(self) -> bool:
+        """Admit one more (the caller must :meth:`leave`), or count it shed."""
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
 
 def _error(code: str, status: int, message: str) -> web.Response:
@@ -68,17 +80,15 @@ async def admission(request: web.Request, handler: Any) -> web.StreamResponse:
         resp: web.StreamResponse = await handler(request)
         return resp
     adm = request.app[ADMISSION]
-    if adm.in_flight >= adm.limit:
-        adm.shed += 1
-        r = _error("busy", 503, "too many logins in progress here; retry in a moment")
+    if not adm.enter():
+        r = _error("busy", 503, BUSY)
         r.headers["Retry-After"] = "1"
         return r
-    adm.in_flight += 1
     try:
         resp = await handler(request)
         return resp
     finally:
-        adm.in_flight -= 1
+        adm.leave()
 
 
 async def login(request: web.Request) -> web.Response:
@@ -94,6 +104,28 @@ async def move(request: web.Request) -> web.Response:
     body = await _json_body(request)
     res = await request.app[MANAGER].move(body.get("session_id"), body.get("token"))
     return web.json_response(res.payload)
+
+
+async def _move_in_channel(request: web.Request, sid: str, token: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"type": "move", "away_from": SITE}`` over the session channel: the move of
+    ``POST /v1/move`` without a request and a new channel. When only a site's PBX dies, its
+    login service still holds its agents' channels: in a 1,000-agent move, each agent's
+    request and channel open at the survivor were most of both sides' work. The answer is
+    ``{"type": "moved", "session": <the move reply>}`` or ``{"type": "move_refused",
+    "code", "message"}`` (the client then moves by ``POST /v1/move`` elsewhere)."""
+    away = data.get("away_from")
+    if not isinstance(away, str) or not away:
+        return {"type": "move_refused", "code": "bad_request", "message": "away_from: required, a site id"}
+    adm = request.app[ADMISSION]
+    if not adm.enter():
+        return {"type": "move_refused", "code": "busy", "message": BUSY}
+    try:
+        res = await request.app[MANAGER].move(sid, token, away_from=away)
+    except LoginRefused as exc:
+        return {"type": "move_refused", "code": exc.code, "message": str(exc)}
+    finally:
+        adm.leave()
+    return {"type": "moved", "session": res.payload}
 
 
 async def _authorized_session(request: web.Request, sid: Any, token: Any) -> str:
@@ -125,7 +157,8 @@ async def sessions(request: web.Request) -> web.Response:
 
 
 async def session_ws(request: web.Request) -> web.StreamResponse:
-    sid = await _authorized_session(request, request.match_info["sid"], request.query.get("token"))
+    token = request.query.get("token", "")
+    sid = await _authorized_session(request, request.match_info["sid"], token)
     mgr = request.app[MANAGER]
     ws = web.WebSocketResponse(heartbeat=None)
     await ws.prepare(request)
@@ -156,10 +189,16 @@ async def session_ws(request: web.Request) -> web.StreamResponse:
             except json.JSONDecodeError:
                 await ws.send_json({"type": "error", "code": "bad_request", "message": "not JSON"})
                 continue
-            if data.get("type") == "heartbeat":
+            if not isinstance(data, dict):
+                await ws.send_json({"type": "error", "code": "bad_request", "message": "not a JSON object"})
+                continue
+            kind = data.get("type")
+            if kind == "heartbeat":
                 if not await mgr.heartbeat(sid):
                     await ws.send_json({"type": "session", "state": "ended", "why": "expired"})
                     break
+            elif kind == "move":
+                await ws.send_json(await _move_in_channel(request, sid, token, data))
     finally:
         ping_task.cancel()
         request.app[SOCKETS][sid].discard(ws)

@@ -231,12 +231,17 @@ class LoginManager:
 
     # --- move ------------------------------------------------------------------
 
-    async def move(self, sid: Any, token: Any) -> LoginResult:
-        """Re-home a live session at this service's site: the client's answer to a failed
-        site. The session keeps its id, token and virtual agent ID; no password (a mass move
-        of 10,000 agents would otherwise cost 10,000 argon2 verifications at the survivor),
-        no allocation, no replaced session to end. Planned-switch rules are not consulted:
-        a move goes where the client asked, if that site's PBX is up."""
+    async def move(self, sid: Any, token: Any, away_from: str | None = None) -> LoginResult:
+        """Re-home a live session: the client's answer to a failed site. The session keeps
+        its id, token and virtual agent ID; no password (a mass move of 10,000 agents would
+        otherwise cost 10,000 argon2 verifications at the survivor), no allocation, no
+        replaced session to end. Planned-switch rules are not consulted.
+
+        Without ``away_from`` (``POST /v1/move``, asked of a service at the surviving site)
+        the session moves to this service's site, if its PBX is up. With it (asked over the
+        session channel, which may be held by the failed site's own service, still alive
+        when only its PBX died) it moves to the first other site whose PBX is up, this
+        service's site first; a session already away from that site stays where it is."""
         for name, value in (("session_id", sid), ("token", token)):
             if not isinstance(value, str) or not value or len(value) > 128:
                 raise LoginRefused("bad_request", 400, f"{name}: required, a non-empty string")
@@ -247,19 +252,16 @@ class LoginManager:
         if old is None or stored is None or not secrets.compare_digest(stored, token):
             # The client falls back to a full login (its session ended meanwhile, or never was).
             raise LoginRefused("bad_session", 401, "no such live session, or a wrong token")
-        target = self.site
+        target = self.site if away_from is None else self._away(old.site, away_from)
         if self._pbx_up().get(target.id) is not True:
             raise LoginRefused("pbx_unreachable", 503, f"the PBX of site {target.id} is not reachable")
-        if old.site == target.id:
-            # Already here (a retried move, or a client that lost only its channel).
-            line = await self.directory.line(old.mac, target.id)
-            if line is None:
-                raise LoginRefused("unknown_mac", 404, f"mac: {old.mac} has no line at site {target.id}")
-            return LoginResult(old, token, self._payload(old, token, target, line, "move"))
         found = await self.directory.move_target(old.account, old.mac, target.id)
         if found is None:
             raise LoginRefused("unknown_mac", 404, f"mac: {old.mac} has no line at site {target.id}")
         line, queues = found
+        if old.site == target.id:
+            # Already here (a retried move, or a client that lost only its channel).
+            return LoginResult(old, token, self._payload(old, token, target, line, "move"))
         new = LiveSession(id=old.id, account=old.account, site=target.id, extension=line.extension,
                           vaid=old.vaid, mac=old.mac, queues=queues, created_at=old.created_at)
         if not await self.sessions.move(new, self.clock.now()):
@@ -270,15 +272,26 @@ class LoginManager:
         self.pending[target.id].wait(line.extension, sid, self.clock.now())
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
-        self.spawn(self._left(old, line.extension))
+        self.spawn(self._left(old, target.id, line.extension))
         log.info("moved %s from %s to %s vaid %d ext %s", old.account, old.site, target.id, old.vaid, line.extension)
         return LoginResult(new, token, self._payload(new, token, target, line, "move"))
 
-    async def _left(self, old: LiveSession, extension: str) -> None:
-        """After a move: the history row, and the old site's members where its PBX answers
-        (a dead PBX's members are removed by reconcile_site when it comes back)."""
+    def _away(self, current: str, away_from: str) -> Site:
+        """Where a session fleeing ``away_from`` goes: nowhere if it is already elsewhere (a
+        retried move), else the first other site whose PBX is up, this service's first."""
+        if current != away_from:
+            return self.topology.site(current)
+        up = self._pbx_up()
+        for s in (self.site, *self.topology.other_sites(self.site.id)):
+            if s.id != away_from and up.get(s.id):
+                return s
+        raise LoginRefused("pbx_unreachable", 503, f"no site but {away_from} has a reachable PBX")
+
+    async def _left(self, old: LiveSession, site: str, extension: str) -> None:
+        """After a move to ``site``: the history row, and the old site's members where its PBX
+        answers (a dead PBX's members are removed by reconcile_site when it comes back)."""
         try:
-            await self.directory.session_moved(old.id, old.site, self.site.id, extension)
+            await self.directory.session_moved(old.id, old.site, site, extension)
         except Exception as exc:  # history only: the live session is already moved
             log.warning("history of the move of %s: %s", old.account, type(exc).__name__)
         pbx = self.pbx.get(old.site)

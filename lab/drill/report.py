@@ -115,13 +115,15 @@ def page(report: dict[str, Any]) -> str:
     faults = "".join(f"<li>t={f['at']:.1f} s: {e(f['action'])} {e(f['site'])}</li>" for f in report["faults"])
     r = report["recovery_s"]
     verdict = "PASSED" if report["passed"] else "FAILED"
+    how = report.get("moved_by") or {}
+    moved_by = f" ({', '.join(f'{n} by {e(k)}' for k, n in sorted(how.items()))})" if how else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ccdr drill {e(report['scenario'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}
 .ok{{color:#2a2}}.bad{{color:#c22;font-weight:bold}}</style></head><body>
 <h1>Drill <code>{e(report['scenario'])}</code>:
 <span class="{'ok' if report['passed'] else 'bad'}">{verdict}</span></h1>
-<p>{report['agents']} agents; {report['moved_agents']} moved; {report['lost_agents']} lost;
+<p>{report['agents']} agents; {report['moved_agents']} moved{moved_by}; {report['lost_agents']} lost;
 {report['agents_at_both_sites']} at both sites. Recovery per moved agent (fault to ready at the other
 site, verified through AMI): p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s.</p>
 <table><tr><th>expectation</th><th>expected</th><th>actual</th><th></th></tr>{rows}</table>

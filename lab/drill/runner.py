@@ -300,6 +300,7 @@ class Drill:
         per_agent: list[tuple[float, Agent]] = []
         detect: list[float] = []
         moved = 0
+        moved_by: dict[str, int] = {}  # how the moved agents reached their new site
         for a in self.agents:
             after = [e for e in a.events if e.at >= self.t0]
             sus = next((e for e in after if e.state in (AgentState.SUSPECT, AgentState.MOVING)), None)
@@ -313,6 +314,7 @@ class Drill:
                 ready = next((e for e in after[last_move + 1:] if e.state is AgentState.READY and e.site == a.site),
                              None)
                 if ready is not None:
+                    moved_by[ready.detail] = moved_by.get(ready.detail, 0) + 1
                     recov.append(ready.at - self.t0)
                     per_agent.append((ready.at - self.t0, a))
         # The slowest agents' own story, for whoever reads a failed drill.
@@ -351,6 +353,7 @@ class Drill:
             "lost_agents": lost,
             "agents_at_both_sites": both,
             "moved_agents": moved,
+            "moved_by": moved_by,
             "final_sites": final,
             "recovery_s": {"p50": round(percentile(recov, .5), 3), "p95": round(percentile(recov, .95), 3),
                            "max": round(max(recov), 3) if recov else 0.0,
