@@ -71,9 +71,11 @@ class AgentTimings:
     #: second wave of logins elsewhere (seen with 1,000 agents at 3 s)
     login_timeout_s: float = 10.0
     cti_timeout_s: float = 20.0
-    #: OPTIONS to the registrar while all is well, jittered (x0.5..1): 10,000 agents
-    #: probing every 0.5 s would send Asterisk 20,000 OPTIONS a second
-    sip_probe_interval_s: float = 5.0
+    #: OPTIONS to the registrar while all is well, jittered (x0.5..1), a desk phone's usual
+    #: keep-alive. It only starts a suspicion nothing else reported: a dead PBX's push, a
+    #: failed refresh or a lost channel starts the fast burst below at once. At 5 s, 5,000
+    #: idle agents kept Asterisk 45 % busy answering OPTIONS (1,300 a second).
+    sip_probe_interval_s: float = 30.0
     #: a newly failing signal: probe at once, then this often (the active confirmation) ...
     suspect_probe_interval_s: float = 0.25
     #: ... for this long; then back to the steady interval even if the signal keeps failing.
@@ -161,7 +163,9 @@ class ProbeSchedule:
     def __init__(self, timings: AgentTimings, rng: random.Random, now: float) -> None:
         self.t = timings
         self.rng = rng
-        self.next = now
+        # Not at once: the registration that just succeeded showed the registrar answers,
+        # and 1,000 agents ready together would all probe the survivor in its busiest second.
+        self.next = now + self._steady()
         self._burst_until = float("-inf")
         self._failing: frozenset[Signal] = frozenset()
 
@@ -178,8 +182,11 @@ class ProbeSchedule:
         if self._failing and now < self._burst_until:
             self.next = now + self.t.suspect_probe_interval_s
         else:
-            self.next = now + self.t.sip_probe_interval_s * (0.5 + 0.5 * self.rng.random())
+            self.next = now + self._steady()
         return True
+
+    def _steady(self) -> float:
+        return self.t.sip_probe_interval_s * (0.5 + 0.5 * self.rng.random())
 
 
 class Backoff:
@@ -202,12 +209,21 @@ class _Refused(Exception):
 
 
 @dataclass
+class _PreRegistration:
+    line: PhoneLine
+    registrar: tuple[str, int]
+    task: asyncio.Task[LineEvent]
+    left: tuple[str, int] | None  # the registrar the line was at before
+
+
+@dataclass
 class _Session:
     url: str
     body: dict[str, Any]
     ws: aiohttp.ClientWebSocketResponse | None = None
     cti: asyncio.Event = field(default_factory=asyncio.Event)
     move_reply: asyncio.Future[dict[str, Any]] | None = None  # a move asked over the channel
+    pushed_at: float = 0.0  # when the service last pushed the session's deadline for us
     how: str = "login"  # how it came to this site: "login", "move request", "move in channel"
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     last_server_hb: float = 0.0
@@ -248,6 +264,10 @@ class Agent:
         self.site: str | None = None
         self.events: list[AgentEvent] = []
         self.line: PhoneLine | None = None
+        #: the device's line at each site, as the login and move replies named them (a
+        #: dual-line phone's lines): where to register at once when the site fails
+        self.lines: dict[str, dict[str, Any]] = {}
+        self._pre: _PreRegistration | None = None
         self.session: _Session | None = None
         self._wake = asyncio.Event()
         self.detector = FailureDetector(self.timings.confirm_hold_s, clock, on_change=self._wake.set)
@@ -268,11 +288,36 @@ class Agent:
         if self.on_event is not None:
             self.on_event(self, ev)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        t = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
         t.set_name(name)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
+        return t
+
+    def _learn(self, body: dict[str, Any]) -> None:
+        """Remember the lines a login or move reply names (its own and the other sites')."""
+        self.lines[str(body["site"])] = {k: body[k] for k in ("site", "extension", "registrar", "sip")}
+        for other in body.get("other_lines") or ():
+            self.lines.setdefault(str(other["site"]), other)
+
+    def _preregister(self, sess: _Session) -> None:
+        """A confirmed failure: register the line at the next site now, while the move is
+        being asked for (the move names the site; in a mass move its answer comes from a
+        busy service, and the registration, which needs only the survivor's registrar,
+        need not wait for it). An unused pre-registration is undone by the next _establish."""
+        guess = next((info for site, info in self.lines.items() if site != sess.site), None)
+        if guess is None:
+            return
+        ext, password = str(guess["extension"]), str(guess["sip"]["password"])
+        registrar = (str(guess["registrar"]["host"]), int(guess["registrar"]["port"]))
+        line = self.line
+        left = line.registrar if line is not None else None
+        if line is None or line.ext != ext:
+            line = PhoneLine(self.transport, ext, password, gate=self.gate)
+            line.listeners.append(self._on_line)
+        task = self._spawn(line.register(registrar, self.timings.register_expires), f"pre-register-{self.account}")
+        self._pre = _PreRegistration(line, registrar, task, left)
 
     # -- the main loop -------------------------------------------------------------
     async def run(self) -> None:
@@ -312,6 +357,7 @@ class Agent:
                 if self._stopping:
                     return
                 self._to(AgentState.MOVING, why)
+                self._preregister(sess)
                 if await self._move_in_channel(sess):
                     moved = sess
                     continue
@@ -338,7 +384,8 @@ class Agent:
                     "session_id": resume["session_id"], "token": resume["token"]})
                 if status == 200:
                     self.site = str(body["site"])
-                    return _Session(url, body, how="move request")
+                    self._learn(body)
+                    return _Session(url, body, how="move request", pushed_at=self.clock())
                 if status is None or status >= 500:
                     continue  # that site is no better: try the next service, still moving
                 resume = None  # bad_session (ended meanwhile) or refused: log in afresh
@@ -346,7 +393,8 @@ class Agent:
                 "account": self.account, "password": self._password, "mac": self.mac})
             if status == 200:
                 self.site = str(body["site"])
-                return _Session(url, body)
+                self._learn(body)
+                return _Session(url, body, pushed_at=self.clock())
             code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
             if code in ("bad_credentials", "unknown_mac", "bad_request"):
                 raise _Refused(f"{url}: {code}")
@@ -375,14 +423,22 @@ class Agent:
             return False
         finally:
             sess.move_reply = None
-        if reply.get("type") != "moved" or not isinstance(reply.get("session"), dict):
+        if reply.get("type") != "moved":
             self._to(AgentState.LOGGING_IN, f"move in channel: {reply.get('code', 'refused')}")
             return False
-        sess.body = reply["session"]
+        return True  # sess was updated by the channel's reader (_moved)
+
+    def _moved(self, sess: _Session, body: dict[str, Any]) -> None:
+        """The move's answer, applied by the channel's reader before it reads on: the new
+        site's CTI push can follow in the same read, and must find the session there
+        (applied later, by the mover, that push was dropped as the old site's: seen as 1 %
+        of a 1,000-agent move waiting out the CTI timeout)."""
+        sess.body = body
         sess.how = "move in channel"
         sess.cti.clear()
+        sess.pushed_at = self.clock()
+        self._learn(body)
         self.site = sess.site
-        return True
 
     async def _post(self, url: str, path: str, payload: dict[str, Any]) -> tuple[int | None, Any]:
         """(status, JSON body); (None, None) if the service did not answer in time."""
@@ -408,23 +464,35 @@ class Agent:
         self.detector.reset()
         b = sess.body
         ext, sip = str(b["extension"]), b["sip"]
-        if self.line is None or self.line.ext != ext:
+        registrar = (str(b["registrar"]["host"]), int(b["registrar"]["port"]))
+        pre, self._pre = self._pre, None
+        if pre is not None and (pre.line.ext, pre.registrar) != (ext, registrar):
+            pre.task.cancel()  # guessed wrong (or a login elsewhere): registered as below
+            if pre.line is not self.line:
+                pre.line.close()
+            pre = None
+        old = self.line.registrar if self.line is not None else None
+        if pre is not None:
+            old = pre.left
+            if self.line is not None and self.line is not pre.line:
+                self.line.close()
+            self.line = pre.line
+        elif self.line is None or self.line.ext != ext:
             if self.line is not None:
                 self.line.close()
             self.line = PhoneLine(self.transport, ext, str(sip["password"]), gate=self.gate)
             self.line.listeners.append(self._on_line)
-        old = self.line.registrar
-        registrar = (str(b["registrar"]["host"]), int(b["registrar"]["port"]))
-        self._to(AgentState.REGISTERING, f"{registrar[0]}:{registrar[1]}")
+        line = self.line
+        self._to(AgentState.REGISTERING, f"{registrar[0]}:{registrar[1]}" + (" (since the move)" if pre else ""))
         if old is not None and old != registrar and old_answers:
             # The contact at the site we left: removed where that site still answers.
-            self._spawn(self.line.unregister_from(old), f"unregister-{self.account}")
+            self._spawn(line.unregister_from(old), f"unregister-{self.account}")
         # The session channel and the registration at once: neither needs the other, and
         # in a mass move each waits on a different busy server.
         t0 = self.clock()
         channel = asyncio.ensure_future(self._open_channel(sess))
         try:
-            ev = await self.line.register(registrar, self.timings.register_expires)
+            ev = await (pre.task if pre is not None else line.register(registrar, self.timings.register_expires))
             t_line = self.clock() - t0
         finally:
             try:
@@ -483,6 +551,10 @@ class Agent:
                 sess.cti.set()
             elif kind in ("moved", "move_refused"):
                 if sess.move_reply is not None and not sess.move_reply.done():
+                    if kind == "moved" and not isinstance(data.get("session"), dict):
+                        data = {"type": "move_refused", "code": "bad_reply"}
+                    elif kind == "moved":
+                        self._moved(sess, data["session"])
                     sess.move_reply.set_result(data)
             elif kind == "pbx" and data.get("site") == sess.site:
                 if data.get("state") == "up":
@@ -515,7 +587,10 @@ class Agent:
         t = self.timings
         hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
         probes = ProbeSchedule(t, self._rng, self.clock())
-        next_hb = self.clock()
+        # The first heartbeat an interval after the login, move or heartbeat that last pushed
+        # the session's deadline (a thousand agents ready at once need not all say so again
+        # at once), or now if that was long ago (a long wait for CTI).
+        next_hb = sess.pushed_at + hb * (0.5 + 0.5 * self._rng.random())
         reconnecting: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
@@ -537,6 +612,7 @@ class Agent:
                 if ws is not None and not ws.closed:
                     if now >= next_hb:
                         next_hb = now + hb
+                        sess.pushed_at = now
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await ws.send_json({"type": "heartbeat"})
                     late_at = sess.last_server_hb + t.heartbeat_misses * hb

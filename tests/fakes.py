@@ -104,8 +104,8 @@ class MemoryDirectory:
     async def agent(self, account: str) -> AgentRecord | None:
         return self.agents.get(account)
 
-    async def line(self, mac: str, site: str) -> Line | None:
-        return self.lines.get((mac, site))
+    async def device_lines(self, mac: str) -> dict[str, Line]:
+        return {site: line for (m, site), line in self.lines.items() if m == mac}
 
     async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
         return {g: self.queue_map[(g, site)] for g in skill_groups if (g, site) in self.queue_map}

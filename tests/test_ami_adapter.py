@@ -104,6 +104,55 @@ async def test_pipelined_commands_bounded_and_read_back(fake: FakeAmi) -> None:
         await c.close()
 
 
+class _Writes(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        pass
+
+
+async def test_actions_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    """A burst of QueueAdds is one system call, not one each; nothing after close."""
+    from controlplane.pbx.asterisk.protocol import CcdrAmiProtocol
+
+    proto = CcdrAmiProtocol(lambda f: None, lambda exc: None, lambda err: None)
+    t = _Writes()
+    proto.connection_made(t)
+    for i in range(3):
+        proto.send(Action({"Action": "QueueAdd", "ActionID": f"a{i}", "Queue": "q", "Interface": f"PJSIP/{i}"}))
+    assert t.writes == []  # at the end of this turn
+    await asyncio.sleep(0)
+    assert len(t.writes) == 1
+    assert t.writes[0] == b"".join(
+        f"Action: QueueAdd\r\nActionID: a{i}\r\nQueue: q\r\nInterface: PJSIP/{i}\r\n\r\n".encode() for i in range(3))
+    fut = proto.send(Action({"Action": "Ping", "ActionID": "p"}))
+    proto.close()
+    await asyncio.sleep(0)
+    assert len(t.writes) == 1 and isinstance(fut.exception(), LinkLost)
+
+
+def test_fast_message_is_what_panoramisk_would_build() -> None:
+    """frame_to_message fills Message's store directly; it must read like Message(...)."""
+    from controlplane.pbx.asterisk.protocol import frame_to_message
+    from controlplane.protocols.frame import Frame
+
+    items = [("Response", "Success"), ("ActionID", "ccdr-b-7"), ("Message", "Added interface to queue"),
+             ("Variable", "x=1"), ("Variable", "y=2"), ("content", "a header named so")]
+    f = Frame(list(items))
+    fast = frame_to_message(f)
+    slow = Message({k: v for k, v in reversed(items)}, content=f.body)  # first value wins
+    assert dict(fast.items()) == dict(slow.items())
+    assert (fast.id, fast.action_id, fast.success) == (slow.id, slow.action_id, slow.success)
+    assert (fast.id, fast.success) == ("ccdr-b-7", True)
+    assert fast["ACTIONID"] == "ccdr-b-7" and fast["variable"] == "x=1" and "message" in fast
+    assert fast.frame is f and fast.manager is None
+
+
 # 2. a frozen Asterisk is never noticed -------------------------------------------------
 
 async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_timeout(fake: FakeAmi) -> None:

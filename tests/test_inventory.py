@@ -50,8 +50,10 @@ async def test_import_good_files_and_directory_reads(pg: Any) -> None:
     assert alice is not None and alice.profile.system == "cards"
     assert alice.skill_penalties == (("sales", 0), ("vip", 2))
     assert alice.password_hash.startswith("$argon2id$")
-    line = await d.line("001122aabb02", "b")  # stored in one canonical form
-    assert line is not None and (line.extension, line.sip_password) == ("3002", "secret-b2")
+    lines = await d.device_lines("001122aabb02")  # stored in one canonical form
+    assert sorted(lines) == ["a", "b"] and lines["b"].site == "b"
+    assert (lines["b"].extension, lines["b"].sip_password) == ("3002", "secret-b2")
+    assert await d.device_lines("00112200ffff") == {}
     assert await d.queues(("sales", "vip"), "b") == {"sales": "sales", "vip": "vip-b"}
     rules = await d.rules()
     assert [(r.scope, r.value, r.from_site, r.to_site, r.enabled) for r in rules] == [

@@ -88,6 +88,9 @@ async def test_login_then_phone_registration_adds_members_and_reads_back(
     assert body["registrar"] == {"host": "10.9.0.1", "port": 5060, "transport": "udp"}
     assert body["queues"] == ["sales-a", "vip-a"] and body["virtual_agent_id"] == 1
     assert body["other_login_urls"] == ["http://127.0.0.1:8082"]
+    # The phone's backup line: where the client registers while its move is answered.
+    assert body["other_lines"] == [{"site": "b", "extension": "3001", "sip": {"username": "3001", "password": "sip-1"},
+                                    "registrar": {"host": "10.9.0.2", "port": 5060, "transport": "udp"}}]
     assert env.pbx["a"].calls == []  # nothing before the phone registers
     ws = await client.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
     hello = await ws.receive_json()

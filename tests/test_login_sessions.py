@@ -42,3 +42,36 @@ async def test_concurrent_reapers_claim_each_session_once(redis_client) -> None:
     ids = [s.id for r in results for s in r]
     assert sorted(ids) == sorted(f"s{i}" for i in range(200))  # each exactly once
     assert await st.count() == 0
+
+
+async def test_a_burst_of_moves_is_batched_and_each_gets_its_own_answer(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """A mass move's reads, moves and guarded state changes go out as pipelines, not one
+    round trip each; a session that ended meanwhile is refused within the same batch."""
+    st = SessionStore(redis_client, redis_client.test_prefix, ttl_s=30)
+    for i in range(100):
+        await st.put(_s(f"s{i}", account=f"u{i}"), now=0)
+        await st.set_token(f"s{i}", f"t{i}")
+    await st.claim("s7")  # ended before the move
+    read = await asyncio.gather(*(st.with_token(f"s{i}") for i in range(100)))
+    assert [tok for _, tok in read] == [f"t{i}" for i in range(100)]
+    assert read[7][0] is None and read[8][0] is not None and read[8][0].account == "u8"
+    moved = [LiveSession(id=f"s{i}", account=f"u{i}", site="b", extension=str(3000 + i), vaid=7,
+                         mac="001122aabbcc", queues=[("sales-b", 0)]) for i in range(100)]
+    ok = await asyncio.gather(*(st.move(s, now=10) for s in moved))
+    assert ok == [i != 7 for i in range(100)]
+    assert st._with_tokens.batches <= 3 and st._moves.batches <= 3  # not 100 round trips
+    got = await asyncio.gather(*(st.get(f"s{i}") for i in range(100)))
+    assert got[7] is None and all(g is not None and (g.site, g.extension) == ("b", str(3000 + i))
+                                  for i, g in enumerate(got) if i != 7)
+    # Marked registered only where each session is now: at b, not at a.
+    at_a = await asyncio.gather(*(st.set_state(f"s{i}", "cti_registered", site="a") for i in range(50)))
+    at_b = await asyncio.gather(*(st.set_state(f"s{i}", "cti_registered", site="b") for i in range(50, 100)))
+    assert not any(at_a) and all(at_b)
+    assert st._states_at.batches <= 6 and st._gets.batches <= 3
+    assert (await st.get("s60")).state == "cti_registered"  # type: ignore[union-attr]
+    assert (await st.get("s10")).state == "awaiting_phone"  # type: ignore[union-attr]
+    beats = await asyncio.gather(*(st.heartbeat(f"s{i}", now=20) for i in range(100)))
+    assert beats == [i != 7 for i in range(100)] and st._heartbeats.batches <= 3
+    assert [s.id for s in await st.claim_expired(now=49)] == []  # deadlines pushed to 50
+    assert len(await st.claim_expired(now=51)) == 99
+    assert await redis_client.zscore(f"{redis_client.test_prefix}sess:deadlines", "s7") is None  # not revived

@@ -98,6 +98,9 @@ async def one(n: int) -> None:
     rehoming = last_ready - first_move
     print(f"drill done: {rep['recovery_s']}, first move {first_move:.2f} s, moved by {rep['moved_by']}", flush=True)
     print("  per-agent phases after the fault, p50/p95/max s: " + phases(d), flush=True)
+    for a in rep["slowest_agents"][:1]:
+        print(f"  slowest agent, {a['account']}: " + "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip()
+                                                          for t, st, site, detail in a["events"]), flush=True)
     t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]
     print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"

@@ -84,12 +84,10 @@ class PgDirectory:
         return AgentRecord(AgentProfile(row["account"], row["system"], row["home_region"], groups),
                            row["password_hash"], tuple(zip(groups, row["penalties"], strict=True)))
 
-    async def line(self, mac: str, site: str) -> Line | None:
-        row = await self.pool.fetchrow("SELECT extension, sip_username, sip_password FROM device_lines"
-                                       " WHERE mac = $1 AND site = $2", mac, site)
-        if row is None:
-            return None
-        return Line(site, row["extension"], row["sip_username"], row["sip_password"])
+    async def device_lines(self, mac: str) -> dict[str, Line]:
+        rows = await self.pool.fetch("SELECT site, extension, sip_username, sip_password FROM device_lines"
+                                     " WHERE mac = $1", mac)
+        return {r["site"]: Line(r["site"], r["extension"], r["sip_username"], r["sip_password"]) for r in rows}
 
     async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
         rows = await self.pool.fetch("SELECT skill_group, queue FROM skill_group_queues"

@@ -171,7 +171,8 @@ class LoginManager:
         if decision.site is None:
             raise LoginRefused("pbx_unreachable", 503, "no site's PBX is reachable")
         target = self.topology.site(decision.site)
-        line = await self.directory.line(norm_mac, target.id)
+        lines = await self.directory.device_lines(norm_mac)  # every site's: the client's backup lines
+        line = lines.get(target.id)
         if line is None:
             raise LoginRefused("unknown_mac", 404, f"mac: {norm_mac} has no line at site {target.id}")
         groups = tuple(g for g, _ in rec.skill_penalties)
@@ -205,7 +206,18 @@ class LoginManager:
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
         log.info("login %s at %s (%s) vaid %d ext %s", account, target.id, decision.reason, vaid, line.extension)
-        return LoginResult(session, token, self._payload(session, token, target, line, decision.reason))
+        payload = self._payload(session, token, target, line, decision.reason)
+        # The device's lines at the other sites (a dual-line phone's backup lines): a client
+        # whose site fails can register there while its move is being answered.
+        payload["other_lines"] = [self._line_info(s, lines[s.id]) for s in self.topology.other_sites(target.id)
+                                  if s.id in lines]
+        return LoginResult(session, token, payload)
+
+    @staticmethod
+    def _line_info(site: Site, line: Line) -> dict[str, Any]:
+        return {"site": site.id, "extension": line.extension,
+                "registrar": {"host": site.sip.host, "port": site.sip.port, "transport": site.sip.transport},
+                "sip": {"username": line.sip_username, "password": line.sip_password}}
 
     def _payload(self, session: LiveSession, token: str, target: Site, line: Line, reason: str) -> dict[str, Any]:
         """What the client needs to work at ``target``: the login and the move reply."""

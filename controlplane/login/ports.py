@@ -32,7 +32,9 @@ class Line:
 class Directory(Protocol):
     async def agent(self, account: str) -> AgentRecord | None: ...
 
-    async def line(self, mac: str, site: str) -> Line | None: ...
+    async def device_lines(self, mac: str) -> dict[str, Line]:
+        """The device's line at each site that has one (site -> line)."""
+        ...
 
     async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
         """Skill group -> queue name at ``site`` (groups without a queue there are left out)."""

@@ -20,6 +20,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from controlplane.runtime.batch import Batcher
+
+# Re-home a live session in place: only if it is still live (in the deadline set).
+_MOVE = ("if redis.call('zscore', KEYS[2], ARGV[2]) == false then return 0 end"
+         " redis.call('zadd', KEYS[2], ARGV[1], ARGV[2])"
+         " for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end return 1")
+# Set a session's state only while it is at the given site.
+_STATE_AT = ("if redis.call('hget', KEYS[1], 'site') == ARGV[1] then"
+             " redis.call('hset', KEYS[1], 'state', ARGV[2]) return 1 end return 0")
+
 
 @dataclass
 class LiveSession:
@@ -59,6 +69,14 @@ class SessionStore:
         self.redis = redis
         self.p = prefix
         self.ttl_s = ttl_s
+        # The calls of a mass move, batched into pipelines: one round trip per call was
+        # most of a login service's CPU while 1,000 agents moved (redis-py's per-command
+        # connection checkout and socket write, not Redis itself).
+        self._gets: Batcher[str, LiveSession | None] = Batcher(self._get_many)
+        self._with_tokens: Batcher[str, tuple[LiveSession | None, str | None]] = Batcher(self._with_token_many)
+        self._moves: Batcher[tuple[LiveSession, float], bool] = Batcher(self._move_many)
+        self._states_at: Batcher[tuple[str, str, str], bool] = Batcher(self._set_state_at_many)
+        self._heartbeats: Batcher[tuple[str, float], bool] = Batcher(self._heartbeat_many)
 
     def _k(self, sid: str) -> str:
         return f"{self.p}sess:{sid}"
@@ -86,8 +104,14 @@ class SessionStore:
         return _text(v) if v else None
 
     async def get(self, sid: str) -> LiveSession | None:
-        h = await self.redis.hgetall(self._k(sid))
-        return LiveSession.from_redis(h) if h else None
+        return await self._gets.call(sid)
+
+    async def _get_many(self, sids: list[str]) -> list[LiveSession | None]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hgetall(self._k(sid))
+            rows = await p.execute()
+        return [LiveSession.from_redis(h) if h else None for h in rows]
 
     async def set_state(self, sid: str, state: str, site: str | None = None) -> bool:
         """Set the state; with ``site``, only while the session is still at that site (a CTI
@@ -95,19 +119,26 @@ class SessionStore:
         if site is None:
             await self.redis.hset(self._k(sid), "state", state)
             return True
-        done = await self.redis.eval(
-            "if redis.call('hget', KEYS[1], 'site') == ARGV[1] then"
-            " redis.call('hset', KEYS[1], 'state', ARGV[2]) return 1 end return 0",
-            1, self._k(sid), site, state)
-        return bool(done)
+        return await self._states_at.call((sid, state, site))
+
+    async def _set_state_at_many(self, calls: list[tuple[str, str, str]]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for sid, state, site in calls:
+                p.eval(_STATE_AT, 1, self._k(sid), site, state)
+            return [bool(x) for x in await p.execute()]
 
     async def with_token(self, sid: str) -> tuple[LiveSession | None, str | None]:
-        """The session and its token, one round trip."""
+        """The session and its token."""
+        return await self._with_tokens.call(sid)
+
+    async def _with_token_many(self, sids: list[str]) -> list[tuple[LiveSession | None, str | None]]:
         async with self.redis.pipeline(transaction=False) as p:
-            p.hgetall(self._k(sid))
-            p.get(self.token_key(sid))
-            h, tok = await p.execute()
-        return (LiveSession.from_redis(h) if h else None), (_text(tok) if tok is not None else None)
+            for sid in sids:
+                p.hgetall(self._k(sid))
+                p.get(self.token_key(sid))
+            rows = await p.execute()
+        return [((LiveSession.from_redis(h) if h else None), (_text(tok) if tok is not None else None))
+                for h, tok in zip(rows[::2], rows[1::2], strict=True)]
 
     def token_key(self, sid: str) -> str:
         return f"{self.p}sess:token:{sid}"
@@ -126,23 +157,30 @@ class SessionStore:
         """Re-home a live session in place (same id, token and virtual ID): its site,
         extension and queues change, it waits for its phone again, its deadline is pushed.
         False if it ended meanwhile (nothing written then)."""
-        fields = s.to_redis()
-        args: list[str] = [str(now + self.ttl_s)]
-        for k in ("site", "extension", "queues", "state"):
-            args += [k, fields[k]]
-        done = await self.redis.eval(
-            "if redis.call('zscore', KEYS[2], ARGV[2]) == false then return 0 end"
-            " redis.call('zadd', KEYS[2], ARGV[1], ARGV[2])"
-            " for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end return 1",
-            2, self._k(s.id), self._deadlines, args[0], s.id, *args[1:])
-        return bool(done)
+        return await self._moves.call((s, now))
+
+    async def _move_many(self, calls: list[tuple[LiveSession, float]]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for s, now in calls:
+                fields = s.to_redis()
+                args: list[str] = []
+                for k in ("site", "extension", "queues", "state"):
+                    args += [k, fields[k]]
+                p.eval(_MOVE, 2, self._k(s.id), self._deadlines, str(now + self.ttl_s), s.id, *args)
+            return [bool(x) for x in await p.execute()]
 
     async def heartbeat(self, sid: str, now: float) -> bool:
-        """Push the deadline; False if the session is gone (reaped or logged out)."""
-        updated = await self.redis.zadd(self._deadlines, {sid: now + self.ttl_s}, xx=True, ch=True)
-        if updated:
-            return True
-        return await self.redis.zscore(self._deadlines, sid) is not None
+        """Push the deadline; False if the session is gone (reaped or logged out). Batched:
+        10,000 agents heartbeat 1,000 times a second."""
+        return await self._heartbeats.call((sid, now))
+
+    async def _heartbeat_many(self, calls: list[tuple[str, float]]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for sid, now in calls:
+                p.zadd(self._deadlines, {sid: now + self.ttl_s}, xx=True)  # only a live one
+                p.zscore(self._deadlines, sid)
+            rows = await p.execute()
+        return [score is not None for score in rows[1::2]]
 
     async def claim(self, sid: str) -> LiveSession | None:
         """Take a session out of the live set; only one caller gets it."""

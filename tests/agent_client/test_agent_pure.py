@@ -1,11 +1,18 @@
-"""The agent client's timing policy, on a fake clock: probes and the failure detector."""
+"""The agent client without servers: its timing policy on a fake clock (probes, the failure
+detector, backoff) and its side of a move over the session channel."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import random
+from types import SimpleNamespace
+from typing import Any
 
-from agent_client.agent import AgentTimings, Backoff, FailureDetector, ProbeSchedule, Signal
+import aiohttp
+
+from agent_client.agent import Agent, AgentTimings, Backoff, FailureDetector, ProbeSchedule, Signal, _Session
 
 T = AgentTimings()
 
@@ -22,6 +29,8 @@ def probes_sent(schedule: ProbeSchedule, start: float, end: float, step: float =
 def test_steady_probes_are_jittered_within_half_to_one_interval() -> None:
     s = ProbeSchedule(T, random.Random(1), 0.0)
     sent = probes_sent(s, 0.0, 300.0)
+    # The first one too: not all at once when a thousand agents become ready together.
+    assert T.sip_probe_interval_s * 0.5 - 0.02 <= sent[0] <= T.sip_probe_interval_s + 0.02
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert min(gaps) >= T.sip_probe_interval_s * 0.5 - 0.02
     assert max(gaps) <= T.sip_probe_interval_s + 0.02
@@ -79,3 +88,61 @@ def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     assert len({round(d, 3) for d in delays}) == 8  # jittered, not a fixed beat
     b.reset()
     assert 0.5 <= b.next() <= 1.0
+
+
+class _Channel:
+    """A session channel whose service answers a move with "moved" and, in the same read,
+    the new site's CTI push (the phone was registered there before the move was served)."""
+
+    def __init__(self, *answer: dict[str, Any]) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed = False
+        self.answer = answer
+        self.q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def send_json(self, data: dict[str, Any]) -> None:
+        self.sent.append(data)
+        if data["type"] == "move":
+            for m in self.answer:
+                self.q.put_nowait(m)
+
+    def __aiter__(self) -> _Channel:
+        return self
+
+    async def __anext__(self) -> Any:
+        m = await self.q.get()
+        if m is None:
+            raise StopAsyncIteration
+        return SimpleNamespace(type=aiohttp.WSMsgType.TEXT, data=json.dumps(m))
+
+
+def _line(site: str, ext: str) -> dict[str, Any]:
+    return {"site": site, "extension": ext, "registrar": {"host": f"10.0.0.{ord(site)}", "port": 5060},
+            "sip": {"username": ext, "password": "pw"}}
+
+
+async def test_a_move_answer_and_the_cti_push_right_behind_it_are_both_kept() -> None:
+    moved = {"type": "moved", "session": {**_line("b", "3001"), "session_id": "s", "token": "t"}}
+    ch = _Channel(moved, {"type": "cti", "state": "registered", "site": "b"})
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None)  # type: ignore[arg-type]
+    sess = _Session("http://a", {**_line("a", "2001"), "other_lines": [_line("b", "3001")]}, ws=ch)  # type: ignore[arg-type]
+    agent._learn(sess.body)
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    assert await agent._move_in_channel(sess)
+    assert ch.sent == [{"type": "move", "away_from": "a"}]
+    assert (sess.site, sess.how, agent.site) == ("b", "move in channel", "b")
+    assert sess.cti.is_set()  # the push was read as b's, not dropped as a's
+    assert list(agent.lines) == ["a", "b"] and agent.lines["b"]["extension"] == "3001"
+    ch.q.put_nowait(None)
+    await reader
+
+
+async def test_a_refused_move_in_the_channel_leaves_the_session_where_it_was() -> None:
+    ch = _Channel({"type": "move_refused", "code": "busy"})
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None)  # type: ignore[arg-type]
+    sess = _Session("http://a", _line("a", "2001"), ws=ch)  # type: ignore[arg-type]
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    assert not await agent._move_in_channel(sess)
+    assert sess.site == "a" and agent.events[-1].detail == "move in channel: busy"
+    ch.q.put_nowait(None)
+    await reader

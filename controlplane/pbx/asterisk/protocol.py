@@ -10,7 +10,9 @@ action that asked (``Action.add_message`` futures). Our overrides:
 - events are handed to the client's queue; no user code runs inside
   ``data_received`` (an exception there closes the transport);
 - ``close`` fails every pending action with LinkLost instead of queueing it to
-  be re-sent silently after a reconnect.
+  be re-sent silently after a reconnect;
+- the actions of one event-loop turn go out in one write (a mass move's QueueAdds:
+  a system call each was an eighth of a login service's CPU).
 """
 
 from __future__ import annotations
@@ -33,11 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def frame_to_message(frame: Frame) -> Message:
-    """A panoramisk Message for response matching; the lossless Frame rides along."""
-    headers: dict[str, Any] = {}
+    """A panoramisk Message for response matching; the lossless Frame rides along.
+
+    Built straight into the case-insensitive store Message keeps (lower-cased key ->
+    (key, value)), as ``Message(headers, content=body)`` would, without its per-key
+    ``__setitem__``: every member of a QueueStatus answer is one of these, and building
+    them that way was a tenth of a login service's CPU in a 1,000-agent move."""
+    store: dict[str, tuple[str, Any]] = {}
     for k, v in frame.items:
-        headers.setdefault(k, v)  # first value: panoramisk's dict is single-valued
-    msg = Message(headers, content=frame.body)
+        store.setdefault(k.lower(), (k, v))  # first value: panoramisk's dict is single-valued
+    store["content"] = ("content", frame.body)
+    msg: Message = Message.__new__(Message)
+    msg._store = store
+    msg.manager = None
     msg.frame = frame
     return msg
 
@@ -55,6 +65,7 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
         self._on_lost = on_lost
         self.parser = AmiParser(on_error=on_bad_frame)
         self.factory = None
+        self._out: list[bytes] = []  # actions serialized this loop turn, written at its end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -72,9 +83,16 @@ class CcdrAmiProtocol(AMIProtocol):  # type: ignore[misc]
                 continue
             for item in v if isinstance(v, list | tuple) else [v]:
                 fields.append((k, str(item)))
-        self.transport.write(serialize_action(data["Action"], fields))
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(serialize_action(data["Action"], fields))
         fut: asyncio.Future[Any] = data.future
         return fut
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.closed:
+            self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
