@@ -455,3 +455,25 @@ async def test_normalized_events_keep_raw_frame(fake: FakeAmi) -> None:
     finally:
         await events.aclose()
         await c.close()
+
+
+@pytest.mark.parametrize("support, sent", [
+    ("advanced", [("MatchCriteria", "action(exclude),name(PeerStatus)")]),
+    ("legacy", [("MatchCriteria", "action(exclude),name(PeerStatus)"), ("Filter", "!Event: PeerStatus")]),
+    ("none", [("MatchCriteria", "action(exclude),name(PeerStatus)"), ("Filter", "!Event: PeerStatus")]),
+])
+async def test_events_ccdr_never_reads_are_filtered_out_where_asterisk_allows_it(
+        fake: FakeAmi, support: str, sent: list[tuple[str, str]]) -> None:
+    """The event session asks Asterisk not to send PeerStatus: the advanced form first, the
+    legacy regex on an older Asterisk; an AMI user not allowed to filter still gets a link."""
+    fake.filters = support
+    c = client(fake)
+    await c.start()
+    try:
+        assert c.state is LinkState.UP
+        filters = fake.actions("Filter")
+        assert [f.items[3] for f in filters] == sent  # after Action, ActionID and Operation
+        assert all(f.get("Operation") == "Add" for f in filters)
+        await c.queue_add("q", "PJSIP/1", name="n")  # the link works either way
+    finally:
+        await c.close()

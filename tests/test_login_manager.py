@@ -640,16 +640,27 @@ async def test_move_in_the_session_channel_rehomes_at_the_other_site_and_keeps_t
     await ws.close()
 
 
-async def test_a_move_in_the_channel_counts_against_the_in_flight_limit(env: Env) -> None:
+async def test_a_move_in_the_channel_is_counted_in_flight_but_never_shed(env: Env) -> None:
     app = build_app(env.mgr, admin_token="t", max_in_flight=1)
+    seen: list[int] = []
+    real_move = env.mgr.move
+
+    async def move(*args: Any, **kw: Any) -> Any:
+        seen.append(app[ADMISSION].in_flight)
+        return await real_move(*args, **kw)
+
+    env.mgr.move = move  # type: ignore[method-assign]
     async with TestClient(TestServer(app)) as c:
         _, body = await _login(c, 1)
         ws = await c.ws_connect(f"/v1/session/{body['session_id']}/ws?token={body['token']}")
         await _next(ws, "hello")
-        app[ADMISSION].in_flight = 1  # a login in progress
+        app[ADMISSION].in_flight = 1  # a login in progress: the limit is reached
+        env.pbx["a"].set_state(LinkState.UNREACHABLE)
         await ws.send_json({"type": "move", "away_from": "a"})
-        assert (await _next(ws, "move_refused"))["code"] == "busy"
-        assert app[ADMISSION].shed == 1
+        assert (await _next(ws, "moved"))["session"]["site"] == "b"
+        assert seen == [2] and app[ADMISSION].shed == 0 and app[ADMISSION].in_flight == 1
+        r = await c.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 503 and (await r.json())["error"]["code"] == "busy"  # a request is shed
         app[ADMISSION].in_flight = 0
         await ws.close()
 

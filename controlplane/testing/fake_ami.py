@@ -28,6 +28,9 @@ class FakeAmi:
     secret: str = "s3cret"
     frozen: bool = False
     reply_queue_add: bool = True  # False: swallow QueueAdd (to test in-flight loss)
+    #: the Filter action's forms this Asterisk takes: "advanced" (MatchCriteria, 21+) and the
+    #: legacy regex, only "legacy", or "none" (an AMI user without the system permission)
+    filters: str = "advanced"
     close_on: str | None = None  # close the connection when this action arrives
     slow: dict[str, float] = field(default_factory=dict)  # action -> seconds the session is busy
     members: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
@@ -175,6 +178,11 @@ class FakeAmi:
             out.append([("Event", "ContactListComplete"), ("ActionID", aid), ("EventList", "Complete"),
                         ("ListItems", str(len(self.contacts)))])
             return out
+        if name == "filter":
+            advanced = f.get("MatchCriteria") is not None
+            if self.filters == "none" or (advanced and self.filters != "advanced"):
+                return [[("Response", "Error"), ("ActionID", aid), ("Message", "Permission denied")]]
+            return [[*ok, ("Message", "Success")]]
         if name in ("reload", "originate", "queuepause"):
             return [[*ok, ("Message", "ok")]]
         return [[("Response", "Error"), ("ActionID", aid), ("Message", "Invalid/unknown command")]]

@@ -63,6 +63,11 @@ class AmiReplay:
     def answer(self, action: Frame) -> list[bytes]:
         name = (action.get("Action") or "").lower()
         client_id = action.get("ActionID") or ""
+        if name == "filter":
+            # Session set-up ccdr sends and the recorded clients did not (an event filter):
+            # answered as Asterisk does, not with a recorded reply meant for another action.
+            return [ami_frame_bytes(Frame([("Response", "Success"), ("ActionID", client_id),
+                                           ("Message", "Success")]))]
         for i, f in enumerate(self.frames):
             if i in self.used or (f.get("Action") or "").lower() != name:
                 continue
