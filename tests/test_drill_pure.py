@@ -116,3 +116,39 @@ def test_report_files_json_html_png(tmp_path: Path) -> None:
     blue = bytes((31, 119, 180))
     assert blue in raw and bytes((44, 160, 44)) in raw  # both sites' lines are drawn
     assert not list(tmp_path.glob("r/.*.tmp"))
+
+
+async def test_teardown_stops_the_login_services_even_when_a_site_cannot_be_swept() -> None:
+    """A 10,000-agent drill's teardown could not list site b's members in time; the error
+    escaped before the login services were stopped, and they kept the drill's ports."""
+    import subprocess
+    from types import SimpleNamespace
+    from typing import Any
+
+    import aiohttp
+
+    from controlplane.errors import PbxUnreachable
+    from controlplane.pbx.base import LinkState
+    from lab.drill.runner import Drill
+    from lab.drill.scenario import Fault, Scenario
+
+    class Unreadable:
+        site, state = "b", LinkState.UP
+
+        async def queue_status(self, *args: Any, **kw: Any) -> list[Any]:
+            raise PbxUnreachable("site b: no answer to QueueStatus in 60 s")
+
+        async def close(self) -> None:
+            pass
+
+    d = Drill(Scenario(name="t", agents=1, home="a", faults=(Fault(0, "kill", "a"),), observe_s=1, expect={}))
+
+    async def clients() -> dict[str, Any]:
+        return {"b": Unreadable()}
+
+    d._clients = clients  # type: ignore[method-assign]
+    d.broken = {"a": set(), "b": set()}
+    service = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    d.services = {"a": service}
+    await d.teardown(SimpleNamespace(close=lambda: None), aiohttp.ClientSession())  # type: ignore[arg-type]
+    assert service.poll() is not None  # stopped, not left serving

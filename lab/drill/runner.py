@@ -37,6 +37,7 @@ import yaml
 from agent_client.agent import Agent, AgentState, AgentTimings
 from agent_client.sip.fleet import TokenBucket
 from agent_client.sip.transport import SipTransport
+from controlplane.errors import PbxError
 from controlplane.inventory.importer import import_files
 from controlplane.inventory.migrate import migrate
 from controlplane.pbx.asterisk import AsteriskClient
@@ -248,7 +249,7 @@ class Drill:
         return out
 
     async def _members(self, c: AsteriskClient) -> set[tuple[str, str]]:
-        return {(m.queue, m.interface) for q in QUEUES for m in await c.queue_status(q)}
+        return {(m.queue, m.interface) for q in QUEUES for m in await c.queue_status(q, timeout_s=60)}
 
     async def verify(self) -> set[str]:
         """Accounts whose phone is registered and whose membership is read back, through
@@ -377,7 +378,13 @@ class Drill:
             for c in clients.values():
                 if c.state is not LinkState.UP:
                     continue
-                for m in await c.queue_status():
+                try:
+                    # 10,000 members take Asterisk longer than a command's usual 5 s to list.
+                    members = await c.queue_status(timeout_s=60)
+                except PbxError as exc:  # the rest of the teardown must still run
+                    print(f"drill teardown: members at site {c.site} not swept: {exc}", file=sys.stderr)
+                    continue
+                for m in members:
                     if m.name.startswith("drill"):
                         with contextlib.suppress(Exception):
                             await c.queue_remove(m.queue, m.interface)
@@ -394,7 +401,12 @@ class Drill:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await http.close()
         transport.close()
-        await self._sweep()
+        try:
+            await self._sweep()
+        finally:
+            await self._stop_services_and_stores()
+
+    async def _stop_services_and_stores(self) -> None:
         for p in self.services.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)  # the service and its workers
