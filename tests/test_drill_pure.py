@@ -148,7 +148,25 @@ async def test_teardown_stops_the_login_services_even_when_a_site_cannot_be_swep
 
     d._clients = clients  # type: ignore[method-assign]
     d.broken = {"a": set(), "b": set()}
-    service = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    service = subprocess.Popen(["sleep", "60"], start_new_session=True)  # noqa: ASYNC220 (the drill does so too)
     d.services = {"a": service}
     await d.teardown(SimpleNamespace(close=lambda: None), aiohttp.ClientSession())  # type: ignore[arg-type]
     assert service.poll() is not None  # stopped, not left serving
+
+
+async def test_a_drill_will_not_share_its_login_port_with_a_service_left_running() -> None:
+    """With SO_REUSEPORT a leftover service would silently take half the drill's agents."""
+    import asyncio
+
+    from lab.drill.runner import LOGIN_PORTS, Drill
+    from lab.drill.scenario import Fault, Scenario
+
+    squatter = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", LOGIN_PORTS["a"])
+    try:
+        d = Drill(Scenario(name="t", agents=1, home="a", faults=(Fault(0, "kill", "a"),), observe_s=1, expect={}))
+        with pytest.raises(RuntimeError, match=r"already serves 127\.0\.0\.1:18281"):
+            await d.start_login("a")
+        assert d.services == {}
+    finally:
+        squatter.close()
+        await squatter.wait_closed()

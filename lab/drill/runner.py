@@ -76,6 +76,18 @@ def _spawn_login(sid: str, topology: Path, log_path: Path) -> subprocess.Popen[b
             start_new_session=True)
 
 
+async def _answers(port: int) -> bool:
+    """Whether anything accepts connections on 127.0.0.1:``port``."""
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return True
+
+
 class Drill:
     def __init__(self, sc: Scenario, timings: AgentTimings | None = None, progress: Progress | None = None) -> None:
         self.sc = sc
@@ -133,6 +145,11 @@ class Drill:
         old = self.services.get(sid)
         if old is not None and old.poll() is None:
             return
+        if old is None and await _answers(LOGIN_PORTS[sid]):
+            # SO_REUSEPORT would share the port with it: half the agents served by a service
+            # of another drill's (dropped) stores. Seen after a drill's teardown had crashed.
+            raise RuntimeError(f"something already serves 127.0.0.1:{LOGIN_PORTS[sid]} (a login service"
+                               " left by an earlier drill?); stop it first")
         self.services[sid] = _spawn_login(sid, self.topology, self.tmp / f"login-{sid}.log")
         deadline = time.monotonic() + 30
         async with aiohttp.ClientSession() as http:
