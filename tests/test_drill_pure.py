@@ -170,3 +170,12 @@ async def test_a_drill_will_not_share_its_login_port_with_a_service_left_running
     finally:
         squatter.close()
         await squatter.wait_closed()
+
+
+def test_overriding_the_number_of_agents_scales_every_agent_expectations(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("name: k\nagents: 200\nfaults: [{at: 0, action: kill, site: a}]\n"
+                 "expect: {lost_agents: 0, moved: 200, ready_at: {a: 0, b: 200}}\n")
+    sc = load_scenario(f).with_agents(1000)
+    assert sc.agents == 1000
+    assert sc.expect == {"lost_agents": 0, "moved": 1000, "ready_at": {"a": 0, "b": 1000}}

@@ -27,7 +27,6 @@ def drill() -> None:
 def run(scenario: str, report_dir: str | None, agents: int | None) -> None:
     """Bring the lab up if needed, log the scenario's agents in, inject its faults, and
     report; exit 0 only if every expectation held."""
-    from dataclasses import replace
 
     from lab.drill.report import write
     from lab.drill.runner import run_drill
@@ -39,7 +38,7 @@ def run(scenario: str, report_dir: str | None, agents: int | None) -> None:
         click.echo(f"ccdr drill: {exc}", err=True)
         sys.exit(2)
     if agents is not None:
-        sc = replace(sc, agents=agents)
+        sc = sc.with_agents(agents)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=True) as bar:
         tasks: dict[str, Any] = {}

@@ -17,7 +17,7 @@ expect: {lost_agents: 0, agents_at_both_sites: 0, max_recovery_s: 3, moved: all,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,18 @@ class Scenario:
     @property
     def other(self) -> str:
         return "b" if self.home == "a" else "a"
+
+    def with_agents(self, n: int) -> Scenario:
+        """The same drill with ``n`` agents: expected counts that were "every agent" (the
+        scenario's own number) become ``n``; other counts are kept."""
+        def scale(v: Any) -> Any:
+            return n if v == self.agents and not isinstance(v, bool) else v
+        expect = dict(self.expect)
+        if "ready_at" in expect:
+            expect["ready_at"] = {site: scale(v) for site, v in expect["ready_at"].items()}
+        if isinstance(expect.get("moved"), int):
+            expect["moved"] = scale(expect["moved"])
+        return replace(self, agents=n, expect=expect)
 
 
 def _faults(raw: Any, path: str, problems: list[str], timed: bool) -> list[Fault]:
