@@ -477,3 +477,19 @@ async def test_events_ccdr_never_reads_are_filtered_out_where_asterisk_allows_it
         await c.queue_add("q", "PJSIP/1", name="n")  # the link works either way
     finally:
         await c.close()
+
+
+async def test_a_link_lost_while_setting_its_filter_is_closed_and_tried_again(fake: FakeAmi) -> None:
+    fake.close_on = "Filter"
+    c = client(fake)
+    await c.start()  # the first attempt failed at the filter
+    try:
+        assert c.state is not LinkState.UP and fake.connections >= 1
+        fake.close_on = None
+        async with asyncio.timeout(3):
+            await c.wait_up(3)
+        assert c.state is LinkState.UP
+        await c.queue_add("q", "PJSIP/1", name="n")
+        assert len(fake.actions("Filter")) >= 2
+    finally:
+        await c.close()

@@ -214,7 +214,11 @@ class AsteriskClient(PbxClient):
             proto.close()
             raise PbxAuthError(f"site {self.site}: AMI login refused: {resp.get('Message', '')}")
         if events != "off":
-            await self._drop_unused_events(proto)
+            try:
+                await self._drop_unused_events(proto)
+            except BaseException:  # a link that fails here is retried whole, this one closed
+                proto.close()
+                raise
         return proto
 
     async def _drop_unused_events(self, proto: CcdrAmiProtocol) -> None:
