@@ -8,7 +8,7 @@ from typing import Any
 
 from controlplane.errors import PbxCommandError
 from controlplane.login.decide import AgentProfile, SwitchRule
-from controlplane.login.ports import AgentRecord, Line
+from controlplane.login.ports import AgentRecord, Line, LoginView
 from controlplane.pbx.base import Contact, EventKind, LinkState, PbxClient, PbxEvent, QueueMember, Subscription
 from controlplane.protocols.frame import Frame
 
@@ -103,6 +103,14 @@ class MemoryDirectory:
 
     async def agent(self, account: str) -> AgentRecord | None:
         return self.agents.get(account)
+
+    async def login_view(self, account: str, mac: str) -> LoginView | None:
+        rec = self.agents.get(account)
+        if rec is None:
+            return None
+        groups = {g for g, _ in rec.skill_penalties}
+        return LoginView(rec, await self.device_lines(mac),
+                         {(g, site): q for (g, site), q in self.queue_map.items() if g in groups})
 
     async def device_lines(self, mac: str) -> dict[str, Line]:
         return {site: line for (m, site), line in self.lines.items() if m == mac}

@@ -55,6 +55,13 @@ async def test_import_good_files_and_directory_reads(pg: Any) -> None:
     assert (lines["b"].extension, lines["b"].sip_password) == ("3002", "secret-b2")
     assert await d.device_lines("00112200ffff") == {}
     assert await d.queues(("sales", "vip"), "b") == {"sales": "sales", "vip": "vip-b"}
+    # What a login reads, in one round trip: the same agent, lines and queues.
+    view = await d.login_view("alice", "001122aabb02")
+    assert view is not None and view.agent == alice and view.lines == lines
+    assert view.queues_at("b") == await d.queues(("sales", "vip"), "b")
+    assert view.queues_at("a") == await d.queues(("sales", "vip"), "a")
+    assert (await d.login_view("alice", "00112200ffff")).lines == {}  # type: ignore[union-attr]
+    assert await d.login_view("nobody", "001122aabb02") is None
     rules = await d.rules()
     assert [(r.scope, r.value, r.from_site, r.to_site, r.enabled) for r in rules] == [
         ("skill_group", "vip", "a", "b", False)]
@@ -168,7 +175,14 @@ async def test_move_target_and_move_history_in_postgres(pg: Any) -> None:
     assert answers[2] is not None and answers[2][0].site == "a" and answers[2][0].extension == "2002"
     assert answers == answers[:3] * 30
     assert d._targets.batches <= 4  # 2 lone calls, then the burst: one alone, the rest together
-    await d.session_started("s1", "alice", "a", "001122aabb02", "2002", 7, "local")
+    await asyncio.gather(d.session_started("s1", "alice", "a", "001122aabb02", "2002", 7, "local"),
+                         d.session_started("s2", "bob", "b", "001122aabb01", "3001", 8, "rule:1"))
+    await asyncio.gather(*(d.session_started(f"x{i}", "alice", "a", "001122aabb02", "2002", 100 + i, "local")
+                           for i in range(20)))
+    assert d._started.batches <= 4  # history rows of logins in flight together: not one INSERT each
+    assert await pg.fetchval("SELECT count(*) FROM sessions WHERE id LIKE 'x%'") == 20
+    s2 = await pg.fetchrow("SELECT account, site, mac, extension, vaid, reason FROM sessions WHERE id = 's2'")
+    assert tuple(s2) == ("bob", "b", "001122aabb01", "3001", 8, "rule:1")
     await asyncio.gather(d.session_moved("s1", "a", "b", "3002"), d.session_moved("s1", "b", "a", "2002"),
                          d.session_moved("s1", "a", "b", "3002"))  # there and back and there again
     row = await pg.fetchrow("SELECT site, extension, vaid, ended_at IS NULL AS open FROM sessions WHERE id = 's1'")

@@ -729,13 +729,13 @@ async def test_access_log_names_method_path_status_and_never_the_token(
 
 async def test_past_the_in_flight_limit_logins_are_refused_busy_at_once(env: Env) -> None:
     gate = asyncio.Event()
-    real = env.dir.agent
+    real = env.dir.login_view
 
-    async def slow_agent(account: str) -> Any:
+    async def slow_view(account: str, mac: str) -> Any:
         await gate.wait()  # a saturated service: logins pile up
-        return await real(account)
+        return await real(account, mac)
 
-    env.dir.agent = slow_agent  # type: ignore[method-assign]
+    env.dir.login_view = slow_view  # type: ignore[method-assign]
     async with TestClient(TestServer(build_app(env.mgr, admin_token="t", max_in_flight=2))) as c:
         first = [asyncio.create_task(_login(c, i)) for i in (1, 2)]
         await asyncio.sleep(0.1)

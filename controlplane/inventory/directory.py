@@ -7,7 +7,7 @@ import time
 import asyncpg
 
 from controlplane.login.decide import AgentProfile, SwitchRule
-from controlplane.login.ports import AgentRecord, Line
+from controlplane.login.ports import AgentRecord, Line, LoginView
 from controlplane.runtime.batch import Batcher
 
 _ALLOCATE = """
@@ -29,6 +29,27 @@ WHERE a.account = $1
 GROUP BY a.account
 """
 
+
+# A login's whole read, one round trip: the agent and its skills, the device's line at every
+# site, the agent's queues at every site. Three queries before (session 11, login storm).
+_LOGIN_VIEW = """
+SELECT a.account, a.password_hash, a.system, a.home_region,
+       coalesce((SELECT array_agg(s.skill_group ORDER BY s.skill_group) FROM agent_skills s
+                 WHERE s.account = a.account), '{}') AS groups,
+       coalesce((SELECT array_agg(s.penalty ORDER BY s.skill_group) FROM agent_skills s
+                 WHERE s.account = a.account), '{}') AS penalties,
+       (SELECT array_agg(ARRAY[l.site, l.extension, l.sip_username, l.sip_password] ORDER BY l.site)
+        FROM device_lines l WHERE l.mac = $2) AS lines,
+       (SELECT array_agg(ARRAY[q.skill_group, q.site, q.queue] ORDER BY q.skill_group, q.site)
+        FROM skill_group_queues q JOIN agent_skills s ON s.skill_group = q.skill_group
+        WHERE s.account = a.account) AS queues
+FROM agents a WHERE a.account = $1
+"""
+
+_STARTED = """
+INSERT INTO sessions (id, account, site, mac, extension, vaid, reason)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bpchar[], $5::text[], $6::int[], $7::text[])
+"""
 
 # Moving sessions' lines at their new site and their agents' queues there: one round trip
 # for a whole batch (controlplane.runtime.batch). ``i`` keeps each row with its request.
@@ -75,6 +96,18 @@ class PgDirectory:
         self._rules: tuple[float, list[SwitchRule]] | None = None
         self._targets: Batcher[MoveKey, MoveTarget] = Batcher(self._move_targets)
         self._moves: Batcher[tuple[str, str, str, str], None] = Batcher(self._sessions_moved)
+        self._started: Batcher[tuple[str, str, str, str, str, int, str], None] = Batcher(self._sessions_started)
+
+    async def login_view(self, account: str, mac: str) -> LoginView | None:
+        row = await self.pool.fetchrow(_LOGIN_VIEW, account, mac)
+        if row is None:
+            return None
+        groups = tuple(row["groups"])
+        agent = AgentRecord(AgentProfile(row["account"], row["system"], row["home_region"], groups),
+                            row["password_hash"], tuple(zip(groups, row["penalties"], strict=True)))
+        lines = {site: Line(site, ext, user, pw) for site, ext, user, pw in row["lines"] or ()}
+        queues = {(g, site): q for g, site, q in row["queues"] or ()}
+        return LoginView(agent, lines, queues)
 
     async def agent(self, account: str) -> AgentRecord | None:
         row = await self.pool.fetchrow(_AGENT, account)  # one round trip: the agent and its skills
@@ -129,9 +162,12 @@ class PgDirectory:
 
     async def session_started(self, session_id: str, account: str, site: str, mac: str, extension: str,
                               vaid: int, reason: str) -> None:
-        await self.pool.execute("INSERT INTO sessions (id, account, site, mac, extension, vaid, reason)"
-                                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                                session_id, account, site, mac, extension, vaid, reason)
+        """Batched: in a login storm the history rows of the logins in flight go in one INSERT."""
+        await self._started.call((session_id, account, site, mac, extension, vaid, reason))
+
+    async def _sessions_started(self, rows: list[tuple[str, str, str, str, str, int, str]]) -> list[None]:
+        await self.pool.execute(_STARTED, *([r[k] for r in rows] for k in range(7)))
+        return [None] * len(rows)
 
     async def session_ended(self, session_id: str, why: str) -> None:
         await self.pool.execute("UPDATE sessions SET ended_at = now(), end_reason = $2"

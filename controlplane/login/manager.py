@@ -161,8 +161,9 @@ class LoginManager:
             raise LoginRefused("bad_request", 400, f"mac: not a MAC address: {mac[:40]!r}")
         if await self.limiter.blocked(account, source):
             raise LoginRefused("rate_limited", 429, "too many failed logins; try again later")
-        rec = await self.directory.agent(account)
-        if not await self._check_password(rec, password) or rec is None:
+        view = await self.directory.login_view(account, norm_mac)
+        rec = view.agent if view is not None else None
+        if not await self._check_password(rec, password) or view is None or rec is None:
             await self.limiter.failed(account, source)
             raise LoginRefused("bad_credentials", 401, "wrong account or password")
 
@@ -171,12 +172,11 @@ class LoginManager:
         if decision.site is None:
             raise LoginRefused("pbx_unreachable", 503, "no site's PBX is reachable")
         target = self.topology.site(decision.site)
-        lines = await self.directory.device_lines(norm_mac)  # every site's: the client's backup lines
+        lines = view.lines  # every site's: the client's backup lines
         line = lines.get(target.id)
         if line is None:
             raise LoginRefused("unknown_mac", 404, f"mac: {norm_mac} has no line at site {target.id}")
-        groups = tuple(g for g, _ in rec.skill_penalties)
-        queue_names = await self.directory.queues(groups, target.id)
+        queue_names = view.queues_at(target.id)
         penalties = dict(rec.skill_penalties)
         queues = sorted((q, penalties[g]) for g, q in queue_names.items())
 

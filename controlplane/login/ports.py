@@ -29,15 +29,23 @@ class Line:
     sip_password: str  # secret: never logged, only returned to the client over the login reply
 
 
-class Directory(Protocol):
-    async def agent(self, account: str) -> AgentRecord | None: ...
+@dataclass(frozen=True)
+class LoginView:
+    """Everything a login reads from the inventory, whatever site it lands on."""
 
-    async def device_lines(self, mac: str) -> dict[str, Line]:
-        """The device's line at each site that has one (site -> line)."""
-        ...
+    agent: AgentRecord
+    lines: dict[str, Line]  # site -> the device's line there
+    queues: dict[tuple[str, str], str]  # (skill group, site) -> queue, for the agent's groups
 
-    async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
+    def queues_at(self, site: str) -> dict[str, str]:
         """Skill group -> queue name at ``site`` (groups without a queue there are left out)."""
+        return {g: q for (g, s), q in self.queues.items() if s == site}
+
+
+class Directory(Protocol):
+    async def login_view(self, account: str, mac: str) -> LoginView | None:
+        """The agent, the device's lines at every site and the agent's queues at every site,
+        in one round trip; None if there is no such agent."""
         ...
 
     async def rules(self) -> list[SwitchRule]: ...
