@@ -12,9 +12,10 @@ def _s(sid: str, account: str = "alice") -> LiveSession:
 
 async def test_round_trip_and_heartbeat_and_expiry(redis_client) -> None:  # type: ignore[no-untyped-def]
     st = SessionStore(redis_client, redis_client.test_prefix, ttl_s=30)
-    assert await st.put(_s("s1"), now=100.0) is None
+    assert await st.put(_s("s1"), now=100.0, token="tok-1") is None
     got = await st.get("s1")
     assert got == _s("s1")
+    assert await st.check_token("s1", "tok-1") and not await st.check_token("s1", "tok-2")
     assert await st.claim_expired(now=129.0) == []
     assert await st.heartbeat("s1", now=120.0)  # deadline -> 150
     assert await st.claim_expired(now=149.0) == []

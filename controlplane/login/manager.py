@@ -188,11 +188,11 @@ class LoginManager:
         session = LiveSession(id=sid, account=account, site=target.id, extension=line.extension,
                               vaid=vaid, mac=norm_mac, queues=queues, created_at=self.clock.now())
         try:
-            replaced = await self.sessions.put(session, self.clock.now())
-            await self.sessions.set_token(sid, token)
+            replaced = await self.sessions.put(session, self.clock.now(), token)
         except BaseException:
             await self.directory.release_vaid(sid)
             await self.sessions.claim(sid)
+            await self.sessions.drop_token(sid)
             raise
         try:
             await self.directory.session_started(sid, account, target.id, norm_mac, line.extension, vaid,

@@ -88,13 +88,16 @@ class SessionStore:
     def _acct(self, account: str) -> str:
         return f"{self.p}sess:acct:{account}"
 
-    async def put(self, s: LiveSession, now: float) -> str | None:
-        """Store ``s``; returns the id of a session it replaces for the same account, if any."""
-        old = await self.redis.getset(self._acct(s.account), s.id)
+    async def put(self, s: LiveSession, now: float, token: str | None = None) -> str | None:
+        """Store ``s`` (and its channel ``token``, in the same round trip); returns the id of
+        a session it replaces for the same account, if any."""
         async with self.redis.pipeline(transaction=True) as p:
+            p.getset(self._acct(s.account), s.id)
             p.hset(self._k(s.id), mapping=s.to_redis())
             p.zadd(self._deadlines, {s.id: now + self.ttl_s})
-            await p.execute()
+            if token is not None:
+                p.set(self.token_key(s.id), token)
+            old = (await p.execute())[0]
         prev = _text(old) if old else None
         return prev if prev != s.id else None
 
