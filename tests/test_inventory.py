@@ -46,20 +46,16 @@ async def test_import_good_files_and_directory_reads(pg: Any) -> None:
         s = await import_files(c, GOOD)
     assert s.counts["agents"] == 2 and s.counts["lines"] == 4 and s.counts["virtual agent IDs"] == 2000
     d = PgDirectory(pg)
-    alice = await d.agent("alice")
-    assert alice is not None and alice.profile.system == "cards"
+    view = await d.login_view("alice", "001122aabb02")  # MAC stored in one canonical form
+    assert view is not None
+    alice = view.agent
+    assert alice.profile.system == "cards"
     assert alice.skill_penalties == (("sales", 0), ("vip", 2))
     assert alice.password_hash.startswith("$argon2id$")
-    lines = await d.device_lines("001122aabb02")  # stored in one canonical form
-    assert sorted(lines) == ["a", "b"] and lines["b"].site == "b"
-    assert (lines["b"].extension, lines["b"].sip_password) == ("3002", "secret-b2")
-    assert await d.device_lines("00112200ffff") == {}
-    assert await d.queues(("sales", "vip"), "b") == {"sales": "sales", "vip": "vip-b"}
-    # What a login reads, in one round trip: the same agent, lines and queues.
-    view = await d.login_view("alice", "001122aabb02")
-    assert view is not None and view.agent == alice and view.lines == lines
-    assert view.queues_at("b") == await d.queues(("sales", "vip"), "b")
-    assert view.queues_at("a") == await d.queues(("sales", "vip"), "a")
+    assert sorted(view.lines) == ["a", "b"] and view.lines["b"].site == "b"
+    assert (view.lines["b"].extension, view.lines["b"].sip_password) == ("3002", "secret-b2")
+    assert view.queues_at("b") == {"sales": "sales", "vip": "vip-b"}
+    assert set(view.queues_at("a")) == {"sales", "vip"}
     assert (await d.login_view("alice", "00112200ffff")).lines == {}  # type: ignore[union-attr]
     assert await d.login_view("nobody", "001122aabb02") is None
     rules = await d.rules()
@@ -150,12 +146,12 @@ async def test_session_history_and_password_rehash_in_postgres(pg: Any) -> None:
                             " FROM sessions WHERE id = 's1'")
     assert dict(row) == {"account": "alice", "site": "b", "vaid": 7, "reason": "rule:1",
                          "end_reason": "logout", "ended": True}
-    alice = await d.agent("alice")
+    alice = (await d.login_view("alice", "001122aabb02")).agent  # type: ignore[union-attr]
     assert alice is not None
     await d.set_password_hash("alice", "not-the-stored-hash", "x")  # stale: a concurrent rehash won
-    assert (await d.agent("alice")).password_hash == alice.password_hash  # type: ignore[union-attr]
+    assert (await d.login_view("alice", "")).agent.password_hash == alice.password_hash  # type: ignore[union-attr]
     await d.set_password_hash("alice", alice.password_hash, "$argon2id$new")
-    assert (await d.agent("alice")).password_hash == "$argon2id$new"  # type: ignore[union-attr]
+    assert (await d.login_view("alice", "")).agent.password_hash == "$argon2id$new"  # type: ignore[union-attr]
 
 
 async def test_move_target_and_move_history_in_postgres(pg: Any) -> None:

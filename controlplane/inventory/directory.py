@@ -18,18 +18,6 @@ RETURNING id
 """
 
 
-_AGENT = """
-SELECT a.account, a.password_hash, a.system, a.home_region,
-       coalesce(array_agg(s.skill_group ORDER BY s.skill_group) FILTER (WHERE s.skill_group IS NOT NULL), '{}')
-           AS groups,
-       coalesce(array_agg(s.penalty ORDER BY s.skill_group) FILTER (WHERE s.skill_group IS NOT NULL), '{}')
-           AS penalties
-FROM agents a LEFT JOIN agent_skills s ON s.account = a.account
-WHERE a.account = $1
-GROUP BY a.account
-"""
-
-
 # A login's whole read, one round trip: the agent and its skills, the device's line at every
 # site, the agent's queues at every site. Three queries before (session 11, login storm).
 _LOGIN_VIEW = """
@@ -108,24 +96,6 @@ class PgDirectory:
         lines = {site: Line(site, ext, user, pw) for site, ext, user, pw in row["lines"] or ()}
         queues = {(g, site): q for g, site, q in row["queues"] or ()}
         return LoginView(agent, lines, queues)
-
-    async def agent(self, account: str) -> AgentRecord | None:
-        row = await self.pool.fetchrow(_AGENT, account)  # one round trip: the agent and its skills
-        if row is None:
-            return None
-        groups = tuple(row["groups"])
-        return AgentRecord(AgentProfile(row["account"], row["system"], row["home_region"], groups),
-                           row["password_hash"], tuple(zip(groups, row["penalties"], strict=True)))
-
-    async def device_lines(self, mac: str) -> dict[str, Line]:
-        rows = await self.pool.fetch("SELECT site, extension, sip_username, sip_password FROM device_lines"
-                                     " WHERE mac = $1", mac)
-        return {r["site"]: Line(r["site"], r["extension"], r["sip_username"], r["sip_password"]) for r in rows}
-
-    async def queues(self, skill_groups: tuple[str, ...], site: str) -> dict[str, str]:
-        rows = await self.pool.fetch("SELECT skill_group, queue FROM skill_group_queues"
-                                     " WHERE site = $1 AND skill_group = ANY($2::text[])", site, list(skill_groups))
-        return {r["skill_group"]: r["queue"] for r in rows}
 
     async def rules(self) -> list[SwitchRule]:
         now = time.monotonic()
