@@ -511,6 +511,43 @@ async def test_session_ended_by_the_other_sites_service_reaches_the_client(redis
             await svc.stop()
 
 
+async def test_a_site_that_comes_back_is_reconciled_by_one_worker_not_each(redis_client: Any) -> None:
+    """Two processes of site a's service (``--workers 2``) both see a's PBX come back: one
+    reads a's members and removes the leftovers, the other leaves it; a later comeback is
+    reconciled again."""
+    from controlplane.login.service import LoginService
+
+    d = MemoryDirectory(FAST)
+    pbx = {"a": FakePbx("a"), "b": FakePbx("b")}
+    pbx["a"].set_state(LinkState.UNREACHABLE)  # no reconcile at start
+    workers = [LoginService("a", TOPO, d, pbx, redis_client, "tok", prefix=redis_client.test_prefix)
+               for _ in range(2)]
+    gate = asyncio.Event()
+    real = pbx["a"].queue_status
+
+    async def slow_status(*args: Any, **kw: Any) -> Any:
+        await gate.wait()  # a 10,000-member site takes a while to list
+        return await real(*args, **kw)
+
+    pbx["a"].queue_status = slow_status  # type: ignore[method-assign]
+    for w in workers:
+        await w.start_loops()
+    await asyncio.sleep(0.1)  # the event pumps subscribed
+    try:
+        for comeback in (1, 2):
+            pbx["a"].set_state(LinkState.UP)
+            pbx["a"].emit(EventKind.PBX_UP)
+            await asyncio.sleep(0.2)  # both pumps saw it
+            gate.set()
+            for w in workers:
+                await w.manager.drain()
+            gate.clear()
+            assert [c for c in pbx["a"].calls if c[0] == "QueueStatus"] == [("QueueStatus", None, None)] * comeback
+    finally:
+        for w in workers:
+            await w.stop()
+
+
 # --- move: re-homing a live session (POST /v1/move) ----------------------------------
 
 

@@ -35,6 +35,7 @@ STATUS_PATH = "/status"
 LISTEN_BACKLOG = 4096
 STOP_GRACE_S = 5.0  # SIGTERM: in-flight requests, then CTI work, get this long each
 DEEP_SWEEP_S = 60.0  # a session waiting this long for its phone: ask the PBX for its contacts
+RECONCILE_LOCK_S = 120  # a reconcile's lock outlives a holder that died by this much at most
 
 
 _ACCESS = logging.getLogger("controlplane.login.access")
@@ -101,10 +102,29 @@ class LoginService:
             async for ev in client.events():
                 await self.manager.on_event(site, ev)
                 if ev.kind is EventKind.PBX_UP and site == self.manager.site.id:
-                    self.manager.spawn(self.manager.reconcile_site(site))
+                    self.manager.spawn(self._reconcile(site))
                 if ev.kind in (EventKind.PBX_UP, EventKind.PBX_DOWN, EventKind.PBX_AUTH_FAILED):
                     await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
         return loop
+
+    async def _reconcile(self, site: str) -> None:
+        """Reconcile a site that came back, in one process at a time: with ``--workers`` every
+        worker sees the PBX come up, and each would read every member of the site and try
+        the same removals (a 10,000-member site: four full QueueStatus reads, three of them
+        for "Not there" errors). A Redis lock held while it runs, bounded in case its holder
+        dies; released after, so a later comeback is reconciled again."""
+        key = f"{self.sessions.p}reconcile:{site}"
+        me = f"{os.getpid()}:{id(self)}"
+        try:
+            if not await self.redis.set(key, me, nx=True, ex=RECONCILE_LOCK_S):
+                return
+            try:
+                await self.manager.reconcile_site(site)
+            finally:
+                await self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then"
+                                      " return redis.call('del', KEYS[1]) end return 0", 1, key, me)
+        except Exception as exc:  # the next comeback, or a restart, reconciles again
+            log.warning("reconcile of site %s failed: %s: %s", site, type(exc).__name__, exc)
 
     async def _deliver(self, sid: str, message: dict[str, Any]) -> None:
         """A push for a session's channel: here if this process holds it, else through Redis
@@ -138,7 +158,7 @@ class LoginService:
         own = self.pbx.get(self.manager.site.id)
         if own is not None and own.state is LinkState.UP:
             # Its PBX_UP came before we listened: clean up what an earlier run left behind.
-            self.manager.spawn(self.manager.reconcile_site(self.manager.site.id))
+            self.manager.spawn(self._reconcile(self.manager.site.id))
         self.supervisor.spawn("reaper", self._reaper)
 
     async def serve(self, host: str, port: int, reuse_port: bool = False, access_log: bool = False) -> None:
