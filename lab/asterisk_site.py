@@ -23,7 +23,7 @@ from lab.layout import (
     SiteSpec,
     phone_password,
 )
-from lab.system import process_alive, process_name, process_state
+from lab.system import all_threads_stopped, process_alive, process_name, process_state
 
 MODULES = (
     "res_pjproject.so", "res_timing_timerfd.so", "res_rtp_asterisk.so",
@@ -202,8 +202,14 @@ def kill(site: SiteSpec, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def freeze(site: SiteSpec) -> None:
-    signal_site(site, signal.SIGSTOP)
+def freeze(site: SiteSpec, timeout: float = 2.0) -> None:
+    """SIGSTOP, and return once every thread has stopped."""
+    p = signal_site(site, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not all_threads_stopped(p):
+        if time.monotonic() > deadline:
+            raise LabError(f"site {site.id}: Asterisk (pid {p}) not stopped {timeout} s after SIGSTOP")
+        time.sleep(0.01)
 
 
 def thaw(site: SiteSpec) -> None:

@@ -47,9 +47,24 @@ def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def process_state(pid: int) -> str | None:
     """``R``/``S``/``T``/``Z``... from /proc, or None if there is no such process."""
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return process_state_of(f"/proc/{pid}/stat")
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (``T``/``t``). SIGSTOP is delivered
+    asynchronously: a frozen site answered one more AMI Ping right after `kill -STOP` returned
+    (a flaky lab test), so a freeze waits for this."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            # The command name may contain spaces and parentheses: split after the last ')'.
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return bool(tids) and all(process_state_of(f"/proc/{pid}/task/{t}/stat") in ("T", "t") for t in tids)
+
+
+def process_state_of(stat_path: str) -> str | None:
+    try:
+        with open(stat_path, encoding="ascii") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None

@@ -1,0 +1,37 @@
+"""The lab's process helpers, on a throwaway process (no lab needed)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from lab.system import all_threads_stopped, process_state
+
+
+def _until(cond: object, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_freeze_is_seen_only_once_every_thread_has_stopped() -> None:
+    # Two threads, both busy: like Asterisk, which keeps answering until each one stops.
+    code = "import threading\nt = threading.Thread(target=lambda: [0 for _ in iter(int, 1)])\nt.start()\nt.join()\n"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert _until(lambda: len(__import__("os").listdir(f"/proc/{p.pid}/task")) >= 2)
+        assert not all_threads_stopped(p.pid)
+        p.send_signal(signal.SIGSTOP)
+        assert _until(lambda: all_threads_stopped(p.pid))
+        assert process_state(p.pid) in ("T", "t")
+        p.send_signal(signal.SIGCONT)
+        assert _until(lambda: not all_threads_stopped(p.pid))
+    finally:
+        p.kill()
+        p.wait()
+    assert not all_threads_stopped(p.pid)  # gone: not "stopped"
