@@ -215,6 +215,7 @@ class LoginManager:
 
     @staticmethod
     def _line_info(site: Site, line: Line) -> dict[str, Any]:
+        """A line as the client registers it: the login reply's own and its other_lines."""
         return {"site": site.id, "extension": line.extension,
                 "registrar": {"host": site.sip.host, "port": site.sip.port, "transport": site.sip.transport},
                 "sip": {"username": line.sip_username, "password": line.sip_password}}
@@ -224,11 +225,8 @@ class LoginManager:
         return {
             "session_id": session.id,
             "token": token,
-            "site": target.id,
+            **self._line_info(target, line),  # site, registrar, extension, SIP credentials
             "reason": reason,
-            "registrar": {"host": target.sip.host, "port": target.sip.port, "transport": target.sip.transport},
-            "extension": line.extension,
-            "sip": {"username": line.sip_username, "password": line.sip_password},
             "virtual_agent_id": session.vaid,
             "queues": [q for q, _ in session.queues],
             "timings": {
