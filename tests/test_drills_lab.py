@@ -18,6 +18,9 @@ DRILLS = Path(__file__).resolve().parent.parent / "lab" / "drills"
 async def _drill(name: str, lab_topology: Any) -> dict[str, Any]:
     rep = await run_drill(load_scenario(DRILLS / f"{name}.yaml"))
     failed = [c for c in rep["expectations"] if not c["ok"]]
+    if failed:  # whole stories in the captured output: the assertion's repr cuts them short
+        for a in rep["slowest_agents"][:2] + rep["unverified_agents"][:2]:
+            print(a["account"], *(f"\n  {e}" for e in a["events"]))
     assert rep["passed"], (failed, rep["slowest_agents"][:1], rep["unverified_agents"][:2])
     return rep
 

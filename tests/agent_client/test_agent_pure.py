@@ -146,3 +146,18 @@ async def test_a_refused_move_in_the_channel_leaves_the_session_where_it_was() -
     assert sess.site == "a" and agent.events[-1].detail == "move in channel: busy"
     ch.q.put_nowait(None)
     await reader
+
+
+def test_a_failing_probe_looks_for_the_registrars_return_with_a_short_timeout() -> None:
+    """Found gone with the full timeout; looked for back with a short one, shorter than the
+    suspicion interval, so a 1 s blip never keeps the probe failing for the whole hold."""
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a"], None, None)  # type: ignore[arg-type]
+    t = agent.timings
+    assert agent.probe_timeout() == t.sip_probe_timeout_s
+    agent.detector.fail(Signal.SIP_PROBE)
+    assert agent.probe_timeout() == t.sip_recovery_probe_timeout_s < t.suspect_probe_interval_s
+    # The longest a cut of 1.05 s keeps the probe failing, from its first timeout to the first
+    # answer after the cut: the cut, minus the full timeout, plus one suspicion interval.
+    assert 1.05 - t.sip_probe_timeout_s + t.suspect_probe_interval_s < t.confirm_hold_s
+    agent.detector.ok(Signal.SIP_PROBE)
+    assert agent.probe_timeout() == t.sip_probe_timeout_s
