@@ -50,8 +50,7 @@ async def test_a_burst_of_moves_is_batched_and_each_gets_its_own_answer(redis_cl
     round trip each; a session that ended meanwhile is refused within the same batch."""
     st = SessionStore(redis_client, redis_client.test_prefix, ttl_s=30)
     for i in range(100):
-        await st.put(_s(f"s{i}", account=f"u{i}"), now=0)
-        await st.set_token(f"s{i}", f"t{i}")
+        await st.put(_s(f"s{i}", account=f"u{i}"), now=0, token=f"t{i}")
     await st.claim("s7")  # ended before the move
     read = await asyncio.gather(*(st.with_token(f"s{i}") for i in range(100)))
     assert [tok for _, tok in read] == [f"t{i}" for i in range(100)]

@@ -146,9 +146,6 @@ class SessionStore:
     def token_key(self, sid: str) -> str:
         return f"{self.p}sess:token:{sid}"
 
-    async def set_token(self, sid: str, token: str) -> None:
-        await self.redis.set(self.token_key(sid), token)
-
     async def check_token(self, sid: str, token: str) -> bool:
         stored = await self.redis.get(self.token_key(sid))
         return stored is not None and secrets.compare_digest(_text(stored), token)
