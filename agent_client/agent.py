@@ -11,7 +11,9 @@ The reference design's client half, step for step:
    the session channel itself, a SIP OPTIONS probe to the registrar, and the line's
    registration refreshes. One failing signal only makes the agent *suspect*; a failure
    is *confirmed* when two different signals have been failing together for
-   ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody).
+   ``confirm_hold_s`` (one lost packet, or a one-second network blip, moves nobody), or
+   at once when one of them is certain: the login service found the PBX's port refusing
+   connections (the process is gone; a blip or a freeze never shows that).
 4. On a confirmed failure: if the session channel still works (the site's PBX died, its
    login service did not), ask over it to move the live session away from the site (same
    session, token and virtual ID, no password; the channel stays). Otherwise, or if that
@@ -115,7 +117,12 @@ class AgentEvent:
 
 class FailureDetector:
     """Confirmation by two different signals: each signal is failing or not; a failure is
-    confirmed once at least two different ones have been failing together for ``hold_s``."""
+    confirmed once at least two different ones have been failing together for ``hold_s``.
+
+    The hold is for failures that may pass (a lost packet, a blip). A signal failing with
+    certainty (a killed PBX: its port refuses connections) needs none: two different
+    signals failing, one of them certain, confirm at once. Still two: the agent's own
+    SIP probe must agree with the login service's view."""
 
     def __init__(self, hold_s: float, now: Callable[[], float],
                  on_change: Callable[[], None] | None = None) -> None:
@@ -123,9 +130,16 @@ class FailureDetector:
         self.now = now
         self.on_change = on_change  # the agent's watch loop sleeps until something changes
         self.failing: dict[Signal, float] = {}
+        self.certain: set[Signal] = set()  # failing signals that leave no doubt
         self._two_since: float | None = None
 
-    def fail(self, sig: Signal) -> None:
+    def fail(self, sig: Signal, certain: bool = False) -> None:
+        if certain and sig not in self.certain:
+            self.certain.add(sig)
+            if sig in self.failing and self.on_change is not None:
+                self.on_change()  # confirm_at may have moved earlier
+        elif not certain and sig in self.certain:
+            self.certain.discard(sig)  # e.g. the PBX answers connections again, still down
         if sig in self.failing:
             return
         self.failing[sig] = self.now()
@@ -135,6 +149,7 @@ class FailureDetector:
             self.on_change()
 
     def ok(self, sig: Signal) -> None:
+        self.certain.discard(sig)
         if self.failing.pop(sig, None) is None:
             return
         if len(self.failing) < 2:
@@ -144,7 +159,9 @@ class FailureDetector:
 
     def confirm_at(self) -> float:
         """When the failure will be confirmed if nothing changes (inf: not on course)."""
-        return float("inf") if self._two_since is None else self._two_since + self.hold_s
+        if self._two_since is None:
+            return float("inf")
+        return self._two_since + (0.0 if self.certain else self.hold_s)
 
     @property
     def suspect(self) -> bool:
@@ -155,6 +172,7 @@ class FailureDetector:
 
     def reset(self) -> None:
         self.failing.clear()
+        self.certain.clear()
         self._two_since = None
 
 
@@ -567,7 +585,7 @@ class Agent:
                 if data.get("state") == "up":
                     self.detector.ok(Signal.PBX_STATE)
                 else:
-                    self.detector.fail(Signal.PBX_STATE)
+                    self.detector.fail(Signal.PBX_STATE, certain=bool(data.get("refused")))
             elif kind == "hello":
                 if (data.get("pbx") or {}).get(sess.site, "up") != "up":
                     self.detector.fail(Signal.PBX_STATE)

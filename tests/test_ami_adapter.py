@@ -174,6 +174,45 @@ async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_time
         await c.close()
 
 
+async def test_a_killed_pbx_is_reported_refused_a_frozen_one_is_not(fake: FakeAmi) -> None:
+    """Killed: Asterisk closes the link and its port refuses connections, certain proof the
+    process is gone, in the first PBX_DOWN. Frozen: silent, not refused."""
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        await fake.stop()  # the listener and every session closed: a kill -9
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
+        assert ev.data["refused"] is True and c.refused
+        await fake.start()  # the same port again
+        await next_event(events, EventKind.PBX_UP, within=2)
+        assert not c.refused
+        fake.frozen = True
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
+        assert ev.data["refused"] is False and not c.refused
+        # Frozen, then killed: reported again once a reconnect is refused.
+        await fake.stop()
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
+        assert ev.data["refused"] is True
+    finally:
+        await events.aclose()
+        await c.close()
+
+
+async def test_a_link_closed_by_a_live_pbx_is_not_refused(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        fake.drop_all()  # Asterisk closed the session (a slow reader), but still listens
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
+        assert ev.data["refused"] is False
+        await next_event(events, EventKind.PBX_UP, within=2)
+    finally:
+        await events.aclose()
+        await c.close()
+
+
 async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_while(fake: FakeAmi) -> None:
     """In a 10,000-phone registration storm Asterisk answered Ping after > 1 s while it
     streamed thousands of events a second; dropping the link then failed every CTI

@@ -69,9 +69,10 @@ async def test_freeze_reported_unreachable_within_2s(ami_a: AsteriskClient) -> N
     try:
         t0 = time.monotonic()
         await asyncio.to_thread(manager.freeze, "a")
-        await _next(sub, EventKind.PBX_DOWN, 5)
+        ev = await _next(sub, EventKind.PBX_DOWN, 5)
         took = time.monotonic() - t0
         assert took < 2.0, took
+        assert ev.data["refused"] is False  # frozen: its port still accepts
         assert ami_a.state is not LinkState.UP
     finally:
         await asyncio.to_thread(manager.thaw, "a")
@@ -90,7 +91,8 @@ async def test_kill_start_reconnects_and_rereads_state(ami_a: AsteriskClient) ->
     sub = ami_a.events()
     try:
         await asyncio.to_thread(manager.kill, "a")
-        await _next(sub, EventKind.PBX_DOWN, 5)
+        ev = await _next(sub, EventKind.PBX_DOWN, 5)
+        assert ev.data["refused"] is True, ev.data  # the process is gone: certain, in the first event
         await asyncio.to_thread(manager.start, "a")
         await _next(sub, EventKind.PBX_UP, 15)
     finally:

@@ -231,11 +231,11 @@ async def test_service_status_aggregates_components_and_pushes_pbx_state(redis_c
             msg = await ws.receive_json()
         assert msg["type"] == "cti" and msg["state"] == "registered"
         pbx["b"].set_state(LinkState.UNREACHABLE)
-        pbx["b"].emit(EventKind.PBX_DOWN)
+        pbx["b"].emit(EventKind.PBX_DOWN, refused=True)  # killed: its port refuses
         msg = await ws.receive_json()
         while msg["type"] == "heartbeat":
             msg = await ws.receive_json()
-        assert msg == {"type": "pbx", "site": "b", "state": "unreachable"}
+        assert msg == {"type": "pbx", "site": "b", "state": "unreachable", "refused": True}
         # The client goes silent: the reaper loop ends its session.
         # The reaper does real Redis I/O between its fake-clock sleeps, so time is moved
         # on one second at a time until the client hears its session ended.

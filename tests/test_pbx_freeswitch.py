@@ -167,9 +167,25 @@ async def test_disconnect_notice_reconnects_and_rereads(fake: FakeFreeswitch) ->
         await _next(q, EventKind.PBX_DOWN)
         await _next(q, EventKind.PBX_UP)
         assert c.state is LinkState.UP
-        assert fake.connections == 2
+        # the first, the check that the port still accepts (it does: not killed), the new one
+        assert fake.connections == 3
         assert fake.commands.count("api callcenter_config tier list") == 2
         assert fake.commands.count("auth s3cret") == 2
+    finally:
+        await c.close()
+
+
+async def test_killed_server_is_refused_a_disconnect_notice_is_not(fake: FakeFreeswitch) -> None:
+    c = await _client(fake)
+    q = c.events().queue
+    try:
+        await fake.disconnect()  # goodbye, still listening
+        ev = await _next(q, EventKind.PBX_DOWN)
+        assert ev.data["refused"] is False
+        await _next(q, EventKind.PBX_UP)
+        await fake.stop()  # killed: the links close and the port refuses
+        ev = await _next(q, EventKind.PBX_DOWN)
+        assert ev.data["refused"] is True and c.refused
     finally:
         await c.close()
 

@@ -104,7 +104,10 @@ class LoginService:
                 if ev.kind is EventKind.PBX_UP and site == self.manager.site.id:
                     self.manager.spawn(self._reconcile(site))
                 if ev.kind in (EventKind.PBX_UP, EventKind.PBX_DOWN, EventKind.PBX_AUTH_FAILED):
-                    await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value})
+                    # "refused": the PBX is gone for certain (its port refuses), not only
+                    # silent; clients then confirm without waiting out a blip's hold.
+                    await broadcast(self.app, {"type": "pbx", "site": site, "state": client.state.value,
+                                               "refused": bool(ev.data.get("refused"))})
         return loop
 
     async def _reconcile(self, site: str) -> None:

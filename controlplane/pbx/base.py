@@ -94,6 +94,12 @@ class PbxClient(abc.ABC):
     """
 
     site: str
+    #: the PBX closed the link and its management port now refuses connections: the
+    #: process is gone (killed, crashed, stopped), which a frozen PBX (accepts and says
+    #: nothing) or a cut-off one (connections hang) never shows. Certain where a missed
+    #: Ping is not: clients may act on it without waiting out a transient blip. Carried in
+    #: PBX_DOWN's ``data["refused"]``; a PBX_DOWN is published again when it turns true.
+    refused: bool = False
 
     @property
     @abc.abstractmethod

@@ -188,6 +188,7 @@ def _timings(r: _Reader, v: Any, path: str) -> Timings:
         probe_timeout_s=r.number(m, path, "probe_timeout_s", d.probe_timeout_s, 0.05, 60),
         confirm_window_s=r.number(m, path, "confirm_window_s", d.confirm_window_s, 0.0, 600),
         connect_timeout_s=r.number(m, path, "connect_timeout_s", d.connect_timeout_s, 0.1, 120),
+        refusal_check_s=r.number(m, path, "refusal_check_s", d.refusal_check_s, 0.01, 10),
         command_timeout_s=r.number(m, path, "command_timeout_s", d.command_timeout_s, 0.1, 600),
         reconcile_timeout_s=r.number(m, path, "reconcile_timeout_s", d.reconcile_timeout_s, 1, 3600),
         max_in_flight=r.integer(m, path, "max_in_flight", d.max_in_flight, 1, 10000),

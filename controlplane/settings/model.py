@@ -101,6 +101,10 @@ class Timings:
     probe_timeout_s: float = 1.0
     confirm_window_s: float = 2.0
     connect_timeout_s: float = 3.0
+    # A link the PBX closed: how long a fresh connection may take to be refused. A killed
+    # PBX's port refuses at once (that is certain: the process is gone); a live one that
+    # closed our session accepts. Longer is neither, and only delays the PBX_DOWN event.
+    refusal_check_s: float = 0.2
     command_timeout_s: float = 5.0
     # Re-reading a big PBX after a reconnect (every queue member, every contact) takes
     # seconds: PJSIPShowContacts needed 2.4 s for 1,000 contacts on an idle lab.

@@ -84,10 +84,16 @@ class FakeFreeswitch:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """As a killed FreeSWITCH: the port refuses from the moment the links close."""
+        if self._server is not None:
+            self._server.close()
         for w in self._writers:
             w.close()
         # Connection handlers outlive the server's close: end them here, or the loop
         # closes under them at the end of a test and asyncio logs a cancelled callback.
+        # Closed links end their handlers by themselves (EOF); a cancelled one is logged.
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=0.5)
         for t in list(self._handlers):
             t.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)

@@ -79,6 +79,48 @@ def test_detector_reports_changes_and_when_it_will_confirm() -> None:
     assert len(changes) == 3 and d.confirm_at() == float("inf")
 
 
+def test_a_certain_signal_confirms_without_the_hold_but_still_needs_a_second_one() -> None:
+    now = [0.0]
+    changes: list[int] = []
+    d = FailureDetector(1.0, lambda: now[0], on_change=lambda: changes.append(1))
+    d.fail(Signal.PBX_STATE, certain=True)  # the service found the PBX's port refusing
+    assert d.confirm_at() == float("inf") and not d.confirmed()  # one signal moves nobody
+    now[0] = 0.5
+    d.fail(Signal.SIP_PROBE)  # the agent's own probe agrees
+    assert d.confirm_at() == 0.5 and d.confirmed()
+    d.ok(Signal.PBX_STATE)
+    assert not d.certain and d.confirm_at() == float("inf")
+    # Failing first without certainty, then with it: the hold is dropped (and said so).
+    d.fail(Signal.PBX_STATE)
+    assert d.confirm_at() == 1.5
+    n = len(changes)
+    d.fail(Signal.PBX_STATE, certain=True)
+    assert d.confirm_at() == 0.5 and len(changes) == n + 1
+    d.fail(Signal.PBX_STATE)  # a later, uncertain report (it answers connections again)
+    assert d.confirm_at() == 1.5
+    d.reset()
+    assert not d.certain
+
+
+async def test_a_refused_pbx_push_is_certain_a_silent_one_is_not() -> None:
+    ch = _Channel()
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None)  # type: ignore[arg-type]
+    sess = _Session("http://a", _line("a", "2001"), ws=ch)  # type: ignore[arg-type]
+    agent.session = sess
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": False})
+    await asyncio.sleep(0.01)
+    assert Signal.PBX_STATE in agent.detector.failing and not agent.detector.certain
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert agent.detector.certain == {Signal.PBX_STATE}
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "up", "refused": False})
+    await asyncio.sleep(0.01)
+    assert not agent.detector.failing and not agent.detector.certain
+    ch.q.put_nowait(None)
+    await reader
+
+
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     b = Backoff(1.0, 30.0, random.Random(3))
     delays = [b.next() for _ in range(8)]

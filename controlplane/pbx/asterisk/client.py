@@ -3,7 +3,9 @@
 Link lifecycle (task ``ami-<site>``): connect -> Login -> UP -> reconcile
 (QueueStatus, PJSIPShowContacts) -> liveness (Ping every probe_interval_s,
 answer within probe_timeout_s) -> on any loss: UNREACHABLE, PBX_DOWN, pending
-commands fail with LinkLost, reconnect after our backoff. A refused Login is
+commands fail with LinkLost, reconnect after our backoff. A link Asterisk closed is
+checked first: a port that refuses a new connection means the process is gone
+(``refused``, in PBX_DOWN's data). A refused Login is
 AUTH_FAILED: reported once (event, log, exception from ``start``), not retried.
 """
 
@@ -85,6 +87,8 @@ class AsteriskClient(PbxClient):
         self.slow_pings = 0  # Pings answered late while events kept flowing (see _probe)
         self._lost: asyncio.Event = asyncio.Event()
         self._up: asyncio.Event = asyncio.Event()
+        self.refused = False
+        self._down_reported = False  # PBX_DOWN published since the link was last up
         self._first_attempt: asyncio.Event = asyncio.Event()
         self._sem = asyncio.Semaphore(self.timings.max_in_flight)
         self._subs: list[asyncio.Queue[PbxEvent]] = []
@@ -142,17 +146,46 @@ class AsteriskClient(PbxClient):
         prev, self._state = self._state, st
         if st is LinkState.UP:
             self._up.set()
+            self.refused = self._down_reported = False
         else:
             self._up.clear()
         kind = {LinkState.UP: EventKind.PBX_UP, LinkState.AUTH_FAILED: EventKind.PBX_AUTH_FAILED}.get(st)
         if kind is None and prev is LinkState.UP:
             kind = EventKind.PBX_DOWN
+            self._down_reported = True
         if kind is not None:
-            self._publish(PbxEvent(kind, self.site, self.clock.now(), {"state": st.value, "error": self.last_error}))
+            self._publish_state(kind)
+
+    def _publish_state(self, kind: EventKind) -> None:
+        self._publish(PbxEvent(kind, self.site, self.clock.now(),
+                               {"state": self._state.value, "error": self.last_error, "refused": self.refused}))
+
+    def _note_refused(self, refused: bool) -> None:
+        """Whether the last attempt found the AMI port refusing; a PBX already reported
+        down is reported again when that becomes certain (a freeze, then a kill)."""
+        was, self.refused = self.refused, refused
+        if refused and not was and self._down_reported:
+            self._publish_state(EventKind.PBX_DOWN)
+
+    async def _refuses(self) -> bool:
+        """Whether the AMI port refuses a new connection now. Asked when Asterisk closed
+        the link: killed, its port refuses at once (the kernel answers the SYN with a reset,
+        ~1 ms in the lab); alive (it closed a slow session, or restarts), it accepts."""
+        connect = self._connector or asyncio.get_running_loop().create_connection
+        try:
+            async with asyncio.timeout(self.timings.refusal_check_s):
+                transport, _ = await connect(asyncio.Protocol, self.link.host, self.link.port)
+        except ConnectionRefusedError:
+            return True
+        except (OSError, TimeoutError):
+            return False
+        transport.close()
+        return False
 
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
+            closed_by_pbx = refused = False
             try:
                 await self._connect_and_login()
                 attempt = 0
@@ -176,7 +209,13 @@ class AsteriskClient(PbxClient):
             except (OSError, TimeoutError, PbxError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("site %s: AMI link down: %s", self.site, self.last_error)
+                closed_by_pbx = isinstance(exc, LinkLost) and self._state is LinkState.UP
+                refused = isinstance(exc, ConnectionRefusedError)
             self._drop()
+            if closed_by_pbx:
+                # Before PBX_DOWN goes out, so that one event says whether the PBX is gone.
+                refused = await self._refuses()
+            self._note_refused(refused)
             self._set_state(LinkState.UNREACHABLE)
             self._first_attempt.set()
             delay = self.timings.reconnect.delay(attempt, random.random())

@@ -277,13 +277,29 @@ class FreeswitchClient(PbxClient):
             except (OSError, TimeoutError, PbxUnreachable, LinkLost, ProtocolError) as exc:
                 was_up = was_up or self._state is LinkState.UP
                 self._drop_link()
+                refused = isinstance(exc, ConnectionRefusedError)
+                if was_up and isinstance(exc, LinkLost):
+                    refused = await self._refuses()  # closed by FreeSWITCH: is it gone?
+                self.refused = refused
                 self._state = LinkState.UNREACHABLE
-                self._emit(EventKind.PBX_DOWN, {"reason": type(exc).__name__})
+                self._emit(EventKind.PBX_DOWN, {"reason": type(exc).__name__, "refused": refused})
             self._first.set()
             if was_up:
                 attempt = 0
             await asyncio.sleep(self.timings.reconnect.delay(attempt, random.random()))
             attempt += 1
+
+    async def _refuses(self) -> bool:
+        """Whether the ESL port refuses a new connection now (the process is gone); see
+        PbxClient.refused. A connection that opens is closed at once."""
+        try:
+            _, writer = await asyncio.wait_for(self._connect(), self.timings.refusal_check_s)
+        except ConnectionRefusedError:
+            return True
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return False
 
     async def _session(self, reader: Reader, writer: Writer) -> bool:
         parser = EslParser()
@@ -318,6 +334,7 @@ class FreeswitchClient(PbxClient):
                     self._send(f"event {self.event_format} {subs}"), self.timings.connect_timeout_s
                 )
                 self._state = LinkState.UP
+                self.refused = False
                 await asyncio.wait_for(self._reread(), self.timings.command_timeout_s)
                 self._emit(EventKind.PBX_UP, {})
                 self._first.set()  # start() returns once the link is up (or the first attempt failed)
