@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from agent_client.agent import FailureDetector, Signal
+from agent_client.agent import AgentEvent, AgentState, FailureDetector, Signal
 from controlplane.errors import ConfigError
 from lab.drill.report import write
-from lab.drill.scenario import load_scenario, parse_scenario
+from lab.drill.runner import Drill
+from lab.drill.scenario import Scenario, load_scenario, parse_scenario
 
 DRILLS = Path(__file__).resolve().parent.parent / "lab" / "drills"
 
@@ -179,3 +182,19 @@ def test_overriding_the_number_of_agents_scales_every_agent_expectations(tmp_pat
     sc = load_scenario(f).with_agents(1000)
     assert sc.agents == 1000
     assert sc.expect == {"lost_agents": 0, "moved": 1000, "ready_at": {"a": 0, "b": 1000}}
+
+
+def test_the_drill_counts_agents_ready_per_site_from_their_events() -> None:
+    d = Drill(Scenario(name="t", agents=2, home="a"))
+    try:
+        u1, u2 = SimpleNamespace(account="u1"), SimpleNamespace(account="u2")
+        seq = [(u1, AgentState.READY, "a"), (u2, AgentState.READY, "a"), (u1, AgentState.SUSPECT, "a"),
+               (u1, AgentState.MOVING, "a"), (u2, AgentState.READY, "a")]
+        for who, st, site in seq:
+            d._on_event(who, AgentEvent(0.0, st, site))  # type: ignore[arg-type]
+        assert d.ready == {"a": 1, "b": 0}  # u1 left a (moving); u2 counted once
+        d._on_event(u1, AgentEvent(0.0, AgentState.READY, "b"))  # type: ignore[arg-type]
+        d._on_event(u2, AgentEvent(0.0, AgentState.LOGGED_OUT, "a"))  # type: ignore[arg-type]
+        assert d.ready == {"a": 0, "b": 1}
+    finally:
+        shutil.rmtree(d.tmp, ignore_errors=True)

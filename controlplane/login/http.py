@@ -218,8 +218,16 @@ async def push(app: web.Application, sid: str, message: dict[str, Any]) -> None:
 
 
 async def broadcast(app: web.Application, message: dict[str, Any]) -> None:
-    for sid in list(app[SOCKETS].keys()):
-        await push(app, sid, message)
+    """The same message to every channel, serialized once: a site's "PBX down" to 5,000
+    channels of one process, serialized per channel, took most of a second while
+    every other task of that process waited."""
+    text = json.dumps(message)
+    for sockets in list(app[SOCKETS].values()):
+        for ws in list(sockets):
+            try:
+                await ws.send_str(text)
+            except ConnectionError:
+                pass
 
 
 def build_app(manager: LoginManager, admin_token: str, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> web.Application:
