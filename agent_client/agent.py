@@ -72,6 +72,11 @@ class AgentTimings:
     #: a mass move queues logins at the surviving service: a short timeout here only adds a
     #: second wave of logins elsewhere (seen with 1,000 agents at 3 s)
     login_timeout_s: float = 10.0
+    #: a move asked over a live session channel waits while the channel shows life (any
+    #: message within heartbeat_misses intervals), up to this long. A fixed 10 s sent
+    #: thousands of agents whose busy service was still working through their moves to ask
+    #: the other site too, and then again: a retry storm (10,000 agents, none moved in 200 s).
+    move_timeout_s: float = 30.0
     cti_timeout_s: float = 20.0
     #: OPTIONS to the registrar while all is well, jittered (x0.5..1), a desk phone's usual
     #: keep-alive. It only starts a suspicion nothing else reported: a dead PBX's push, a
@@ -438,11 +443,10 @@ class Agent:
                 or {Signal.SESSION_CHANNEL, Signal.LOGIN_SERVICE} & self.detector.failing.keys()):
             return False
         self._to(AgentState.LOGGING_IN, "move in channel")
-        sess.move_reply = asyncio.get_running_loop().create_future()
+        sess.move_reply = reply_fut = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(self.timings.login_timeout_s):
-                await ws.send_json({"type": "move", "away_from": sess.site})
-                reply = await sess.move_reply
+            await ws.send_json({"type": "move", "away_from": sess.site})
+            reply = await self._channel_answer(sess, reply_fut)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             self._to(AgentState.LOGGING_IN, f"move in channel: {type(exc).__name__}")
             return False
@@ -452,6 +456,26 @@ class Agent:
             self._to(AgentState.LOGGING_IN, f"move in channel: {reply.get('code', 'refused')}")
             return False
         return True  # sess was updated by the channel's reader (_moved)
+
+    async def _channel_answer(self, sess: _Session, fut: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """The answer to a request over the session channel, waited for while the channel
+        shows life (see ``move_timeout_s``); TimeoutError once it falls silent or the
+        limit passes, ConnectionError if it closes."""
+        hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
+        asked = self.clock()
+        deadline = asked + self.timings.move_timeout_s
+        while True:
+            # Silence counts from the request at the earliest: the channel was alive enough
+            # to be asked, and the answer is the next thing it owes us.
+            until = min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * hb)
+            left = until - self.clock()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                async with asyncio.timeout(left):
+                    return await asyncio.shield(fut)
+            except TimeoutError:
+                continue  # a message came meanwhile: the channel lives, wait on
 
     def _moved(self, sess: _Session, body: dict[str, Any]) -> None:
         """The move's answer, applied by the channel's reader before it reads on: the new
@@ -592,6 +616,8 @@ class Agent:
             elif kind == "session" and data.get("state") == "ended":
                 sess.ended.set()
                 self._wake.set()
+        if sess.move_reply is not None and not sess.move_reply.done():
+            sess.move_reply.set_exception(ConnectionError("session channel closed"))
         if self.session is sess:
             self.detector.fail(Signal.SESSION_CHANNEL)
 

@@ -190,6 +190,72 @@ async def test_a_refused_move_in_the_channel_leaves_the_session_where_it_was() -
     await reader
 
 
+class _SlowChannel(_Channel):
+    """A busy service: it answers the move ``after`` seconds late, sending heartbeats
+    every ``hb`` seconds meanwhile (or nothing if ``hb`` is None)."""
+
+    def __init__(self, after: float, hb: float | None, *answer: dict[str, Any]) -> None:
+        super().__init__(*answer)
+        self.after, self.hb = after, hb
+
+    async def send_json(self, data: dict[str, Any]) -> None:
+        self.sent.append(data)
+        if data["type"] == "move":
+            asyncio.get_running_loop().create_task(self._serve())
+
+    async def _serve(self) -> None:
+        t = 0.0
+        while self.hb is not None and t + self.hb < self.after:
+            await asyncio.sleep(self.hb)
+            t += self.hb
+            self.q.put_nowait({"type": "heartbeat"})
+        await asyncio.sleep(self.after - t)
+        for m in self.answer:
+            self.q.put_nowait(m)
+
+
+def _slow_move(after: float, hb: float | None) -> tuple[Agent, _Session, _SlowChannel]:
+    moved = {"type": "moved", "session": {**_line("b", "3001"), "session_id": "s", "token": "t"}}
+    ch = _SlowChannel(after, hb, moved)
+    timings = AgentTimings(login_timeout_s=0.1, move_timeout_s=2.0, heartbeat_misses=2.5)
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None,  # type: ignore[arg-type]
+                  timings=timings)
+    body = {**_line("a", "2001"), "timings": {"heartbeat_s": 0.05}}
+    sess = _Session("http://a", body, ws=ch, last_server_hb=agent.clock())  # type: ignore[arg-type]
+    return agent, sess, ch
+
+
+async def test_a_move_over_a_live_channel_waits_for_a_busy_service() -> None:
+    """Answered after 0.5 s (five times the login timeout) while heartbeats still come:
+    the client waits instead of asking the other site too."""
+    agent, sess, ch = _slow_move(0.5, 0.05)
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    assert await agent._move_in_channel(sess)
+    assert sess.site == "b"
+    ch.q.put_nowait(None)
+    await reader
+
+
+async def test_a_move_over_a_silent_channel_gives_up_when_heartbeats_stop() -> None:
+    agent, sess, ch = _slow_move(1.0, None)  # no heartbeat: silent beyond 2.5 x 0.05 s
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    t0 = agent.clock()
+    assert not await agent._move_in_channel(sess)
+    assert agent.clock() - t0 < 0.5 and agent.events[-1].detail == "move in channel: TimeoutError"
+    ch.q.put_nowait(None)
+    await reader
+
+
+async def test_a_move_over_a_channel_that_closes_gives_up_at_once() -> None:
+    agent, sess, ch = _slow_move(5.0, 0.05)
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_later(0.1, ch.q.put_nowait, None)  # the service closes it
+    t0 = agent.clock()
+    assert not await agent._move_in_channel(sess)
+    assert agent.clock() - t0 < 0.5 and agent.events[-1].detail == "move in channel: ConnectionError"
+    await reader
+
+
 def test_a_failing_probe_looks_for_the_registrars_return_with_a_short_timeout() -> None:
     """Found gone with the full timeout; looked for back with a short one, shorter than the
     suspicion interval, so a 1 s blip never keeps the probe failing for the whole hold."""
