@@ -796,3 +796,31 @@ async def test_drain_is_bounded_and_cancels_what_is_left(env: Env) -> None:
     task = next(iter(env.mgr._cti_tasks))
     await asyncio.wait_for(env.mgr.drain(0.1), 2)
     assert task.cancelled() and not env.mgr._cti_tasks
+
+
+async def test_service_with_a_gc_policy_runs_the_scheduled_collection_and_knows_when_busy(
+        redis_client: Any) -> None:
+    from controlplane.login.http import ADMISSION
+    from controlplane.login.service import LoginService
+    from controlplane.runtime.gcpolicy import GcPolicy
+
+    clock = FakeClock(0)
+    pbx = {"a": FakePbx("a"), "b": FakePbx("b")}
+    svc = LoginService("a", TOPO, MemoryDirectory(FAST), pbx, redis_client, "tok", prefix=redis_client.test_prefix,
+                       clock=clock, gc=GcPolicy(full_interval_s=3600))
+    await svc.start_loops()
+    try:
+        assert svc.supervisor.status()["gc"]["running"]
+        await svc.manager.drain()  # the start-up reconcile of its own site
+        assert not svc.busy()
+        svc.app[ADMISSION].in_flight += 1  # a login or a move being served
+        assert svc.busy()
+        svc.app[ADMISSION].in_flight -= 1
+        gate = asyncio.Event()
+        svc.manager.spawn(gate.wait())  # CTI work running
+        assert svc.busy()
+        gate.set()
+        await svc.manager.drain()
+        assert not svc.busy()
+    finally:
+        await svc.stop()

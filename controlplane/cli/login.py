@@ -17,11 +17,13 @@ from controlplane.login.service import LoginService
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import PbxClient
 from controlplane.pbx.freeswitch import FreeswitchClient, tcp_connect
+from controlplane.runtime import gcpolicy
 from controlplane.runtime.stores import redis_from_url
 from controlplane.runtime.workers import run_workers
 from controlplane.settings import load_topology
 
 log = logging.getLogger(__name__)
+GC = gcpolicy.GcPolicy()  # see controlplane/runtime/gcpolicy.py: full collections scheduled, not mid-burst
 
 
 @click.group()
@@ -74,7 +76,8 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
                 log.warning("%s", exc)
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
         svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
-                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight)
+                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight, gc=GC)
+        gcpolicy.install(GC)  # set up: what this process holds now is never scanned again
         await svc.serve(host, port, reuse_port=workers > 1, access_log=access_log)
         click.echo(f"login service for site {site.id} on http://{host}:{port} (pid {os.getpid()})", err=True)
         stop = asyncio.Event()

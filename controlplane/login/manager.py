@@ -355,6 +355,10 @@ class LoginManager:
 
     # --- CTI registration ------------------------------------------------------
 
+    @property
+    def cti_busy(self) -> bool:
+        return bool(self._cti_tasks)
+
     def spawn(self, coro: Awaitable[object]) -> None:
         t = asyncio.ensure_future(coro)
         self._cti_tasks.add(t)

@@ -4,7 +4,9 @@ Loops (each a named task under the supervisor):
 - ``reaper``: every ``reap_interval_s``, end sessions whose client stopped
   heartbeating (queue members removed, virtual ID released);
 - ``pbx-events-<site>``: feed each site's normalized PBX events to the manager
-  (phone registrations drive CTI registration) and push PBX up/down to clients.
+  (phone registrations drive CTI registration) and push PBX up/down to clients;
+- ``gc`` (with a ``gc`` policy, which ``ccdr login serve`` installs): the scheduled full
+  garbage collection, put off while logins, moves or CTI work are in flight.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
 from controlplane.login.sessions import SessionStore
 from controlplane.pbx.base import EventKind, LinkState, PbxClient
 from controlplane.runtime.clock import Clock, RealClock
+from controlplane.runtime.gcpolicy import GcPolicy, full_collections
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.settings import Topology
 
@@ -67,8 +70,10 @@ class LoginService:
         clock: Clock | None = None,
         authenticator: Authenticator | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        gc: GcPolicy | None = None,
     ) -> None:
         self.clock = clock or RealClock()
+        self.gc = gc
         self.redis = redis
         self.pbx = pbx
         self.reap_interval_s = reap_interval_s
@@ -163,7 +168,13 @@ class LoginService:
             # Its PBX_UP came before we listened: clean up what an earlier run left behind.
             self.manager.spawn(self._reconcile(self.manager.site.id))
         self.supervisor.spawn("reaper", self._reaper)
+        if self.gc is not None:
+            policy = self.gc
+            self.supervisor.spawn("gc", lambda: full_collections(policy, self.clock, self.busy))
 
+    def busy(self) -> bool:
+        """Logins or moves in flight, or CTI work running: no time for a full collection."""
+        return self.app[ADMISSION].in_flight > 0 or self.manager.cti_busy
     async def serve(self, host: str, port: int, reuse_port: bool = False, access_log: bool = False) -> None:
         """Listen on host:port. ``reuse_port``: several processes of one site's service share
         the port (SO_REUSEPORT; the kernel spreads connections over them)."""

@@ -42,6 +42,7 @@ from controlplane.inventory.importer import import_files
 from controlplane.inventory.migrate import migrate
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import LinkState
+from controlplane.runtime import gcpolicy
 from controlplane.settings import load_topology
 from lab import manager
 from lab.agents import QUEUES, percentile, write_inventory
@@ -214,6 +215,7 @@ class Drill:
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         bucket = TokenBucket(1500, 50, transport.clock.time)
         urls = [f"http://127.0.0.1:{LOGIN_PORTS[s]}" for s in (sc.home, sc.other)]
+        gc_restore: tuple[int, int, int] | None = None
         try:
             for f in sc.before_login:
                 await self.apply(f)
@@ -235,6 +237,9 @@ class Drill:
                 await asyncio.sleep(0.2)
             initial = {a.account: a.site for a in self.agents}
             ready_before = sum(1 for a in self.agents if a.state in READY)
+            # The simulator under the services' GC policy while it is measured: 3,000 agents'
+            # state rescanned by full collections paused it 5 s in the minute after a fault.
+            gc_restore = gcpolicy.install(gcpolicy.GcPolicy())
             self.t0 = time.monotonic()
             samples: list[dict[str, Any]] = []
 
@@ -261,6 +266,8 @@ class Drill:
             both = await self.at_both_sites()
             return self.report(initial, ready_before, samples, verified, both)
         finally:
+            if gc_restore is not None:
+                gcpolicy.restore(gc_restore)
             await self.teardown(transport, http)
 
     async def _clients(self) -> dict[str, AsteriskClient]:
