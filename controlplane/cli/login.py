@@ -24,6 +24,12 @@ from controlplane.settings import load_topology
 
 log = logging.getLogger(__name__)
 GC = gcpolicy.GcPolicy()  # see controlplane/runtime/gcpolicy.py: full collections scheduled, not mid-burst
+# The service reads phone registrations (ContactStatus, class "system") and link state from its
+# PBX events, nothing of class "agent": queue membership it reads back with QueueStatus. Every
+# registration also raised a QueueMemberStatus per queue the phone is in, and every add a
+# QueueMemberAdded, to every worker of both sites' services (four event sessions per Asterisk in
+# the drills), each parsing all of them: 10,000 agents moving kept Asterisk b's manager queue full.
+EVENT_MASK = "system"
 
 
 @click.group()
@@ -65,7 +71,7 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
         pbx: dict[str, PbxClient] = {}
         for s in topo.sites:
             if s.ami is not None:
-                pbx[s.id] = AsteriskClient(s.id, s.ami, topo.timings)
+                pbx[s.id] = AsteriskClient(s.id, s.ami, topo.timings, event_mask=EVENT_MASK)
             elif s.esl is not None:
                 pbx[s.id] = FreeswitchClient(s.id, tcp_connect(s.esl.host, s.esl.port),
                                              s.esl.password.reveal(f"sites[{s.id}].esl.password"), topo.timings)
