@@ -624,6 +624,8 @@ class Agent:
     def _on_line(self, ev: LineEvent) -> None:
         if self.state not in (AgentState.READY, AgentState.SUSPECT):
             return
+        if self.line is None or ev.registrar != self.line.registrar:
+            return  # about a registrar the line has left
         if ev.kind is LineEventKind.REGISTRATION_FAILED:
             self.detector.fail(Signal.REGISTRATION)
         elif ev.kind is LineEventKind.REGISTERED:

@@ -269,3 +269,16 @@ def test_a_failing_probe_looks_for_the_registrars_return_with_a_short_timeout() 
     assert 1.05 - t.sip_probe_timeout_s + t.suspect_probe_interval_s < t.confirm_hold_s
     agent.detector.ok(Signal.SIP_PROBE)
     assert agent.probe_timeout() == t.sip_probe_timeout_s
+
+
+def test_a_line_event_about_a_registrar_the_line_left_is_ignored() -> None:
+    from agent_client.agent import AgentState
+    from agent_client.sip.ua import LineEvent, LineEventKind
+
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a"], None, None)  # type: ignore[arg-type]
+    agent.state = AgentState.READY
+    agent.line = SimpleNamespace(registrar=("10.0.0.98", 5060))  # type: ignore[assignment]
+    agent._on_line(LineEvent(LineEventKind.REGISTRATION_FAILED, 0.0, ("10.0.0.97", 5060), "timeout"))
+    assert not agent.detector.failing
+    agent._on_line(LineEvent(LineEventKind.REGISTRATION_FAILED, 0.0, ("10.0.0.98", 5060), "timeout"))
+    assert Signal.REGISTRATION in agent.detector.failing

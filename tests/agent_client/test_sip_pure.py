@@ -366,6 +366,43 @@ async def test_unregister_from_the_old_registrar_leaves_the_move_alone() -> None
     line.close()
 
 
+async def test_a_refresh_in_flight_to_a_dead_registrar_does_not_undo_the_move() -> None:
+    """The refresh at a left just before a died; the line moves to b meanwhile. Waiting out
+    Timer F at a (32 s), the old refresh used to mark the line failed: no more refreshes at
+    b, the contact there expired (~300 of 10,000 agents lost in the failover bench)."""
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    reg = FakeRegistrar(t, "lab-1001")
+    a, b = ("10.77.0.11", 5060), ("10.77.0.12", 5060)
+    a_dead = [False]
+
+    def send(data: bytes, addr: tuple[str, int]) -> None:
+        if addr == a and a_dead[0]:
+            reg.seen.append(parse(data))  # swallowed
+        else:
+            reg(data, addr)
+
+    t._sendto = send
+    line = PhoneLine(t, "1001", "lab-1001")
+    assert (await line.register(a, expires=100)).kind is LineEventKind.REGISTERED
+    a_dead[0] = True
+    clock.advance(81)  # the refresh (60-80 s) goes out to a, now dead
+    await asyncio.sleep(0)
+    assert line._refresh_task is not None and not line._refresh_task.done()
+    assert (await line.register(b, expires=100)).kind is LineEventKind.REGISTERED
+    clock.advance(33)  # the old refresh's Timer F would have fired
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert line.registrar == b and line.state is LineState.REGISTERED
+    assert [e.kind for e in line.events] == [LineEventKind.REGISTERED, LineEventKind.REGISTERED]
+    before = len([m for m in reg.seen if m.uri.startswith("sip:10.77.0.12")])
+    clock.advance(80)  # and b's registration is refreshed as usual
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len([m for m in reg.seen if m.uri.startswith("sip:10.77.0.12")]) > before
+    line.close()
+
+
 async def test_a_refresh_after_the_transport_closed_fails_cleanly() -> None:
     """Seen in the failover bench: a registration refresh starting after its fleet's
     socket closed raised AttributeError from inside asyncio, in a task nobody awaited."""
