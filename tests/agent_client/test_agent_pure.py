@@ -12,7 +12,17 @@ from typing import Any
 
 import aiohttp
 
-from agent_client.agent import Agent, AgentTimings, Backoff, FailureDetector, ProbeSchedule, Signal, _Session
+from agent_client.agent import (
+    Agent,
+    AgentState,
+    AgentTimings,
+    Backoff,
+    FailureDetector,
+    ProbeSchedule,
+    Signal,
+    _Session,
+)
+from agent_client.sip.ua import LineEvent, LineEventKind
 
 T = AgentTimings()
 
@@ -272,9 +282,6 @@ def test_a_failing_probe_looks_for_the_registrars_return_with_a_short_timeout() 
 
 
 def test_a_line_event_about_a_registrar_the_line_left_is_ignored() -> None:
-    from agent_client.agent import AgentState
-    from agent_client.sip.ua import LineEvent, LineEventKind
-
     agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a"], None, None)  # type: ignore[arg-type]
     agent.state = AgentState.READY
     agent.line = SimpleNamespace(registrar=("10.0.0.98", 5060))  # type: ignore[assignment]
