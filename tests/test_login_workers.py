@@ -143,3 +143,19 @@ def test_a_bad_topology_is_one_clear_error_not_a_traceback(tmp_path: Path) -> No
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     assert "sites[0].ami.secret: inline secrets are not accepted" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_short_verification_cache_key_is_refused_by_name(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from controlplane.cli.main import cli
+
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(yaml.safe_dump({"sites": [{"id": "a", "region": "east", "pbx": "asterisk",
+                                               "ami": {"host": "10.0.0.1", "secret": {"env": "X"}},
+                                               "sip": {"host": "10.0.0.1"}, "login_url": "http://127.0.0.1:1"}]}))
+    res = CliRunner().invoke(cli, ["login", "serve", "--site", "a", "--topology", str(topo)],
+                             env={"CCDR_VERIFIED_KEY": "short-key"})
+    assert res.exit_code == 2
+    assert "CCDR_VERIFIED_KEY: the verification cache key needs at least 16 bytes, got 9" in res.output
+    assert "short-key" not in res.output  # the key itself is never echoed

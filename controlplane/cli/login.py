@@ -14,6 +14,7 @@ from controlplane.cli.common import topology_option
 from controlplane.inventory.directory import PgDirectory, create_pool
 from controlplane.login.authn import HttpAuthenticator
 from controlplane.login.service import LoginService
+from controlplane.login.verified import MIN_KEY_BYTES, VERIFIED_TTL_S
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import PbxClient
 from controlplane.pbx.freeswitch import FreeswitchClient, tcp_connect
@@ -54,11 +55,21 @@ def login() -> None:
 @click.option("--max-in-flight", type=click.IntRange(1), default=512, show_default=True,
               help="Logins and moves served at once per process; more are answered 503 busy at once.")
 @click.option("--access-log", is_flag=True, help="Log each request: method, path, status, seconds (not the query).")
+@click.option("--verified-key-env", default="CCDR_VERIFIED_KEY", show_default=True,
+              help="Environment variable holding the key (16+ bytes, the same for every site's service) of the "
+                   "cache of recently verified passwords: a returning agent's login then costs an HMAC, not "
+                   "argon2 (20 ms of CPU). Unset: no cache. See controlplane/login/verified.py for the trade-off.")
+@click.option("--verified-ttl", "verified_ttl_s", type=click.FloatRange(min=1), default=VERIFIED_TTL_S,
+              show_default=True, help="Seconds a verification is remembered.")
 def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
           authenticator_url: str | None, session_ttl_s: float, workers: int, max_in_flight: int,
-          access_log: bool) -> None:
+          access_log: bool, verified_key_env: str, verified_ttl_s: float) -> None:
     """Serve logins for SITE until interrupted (SIGINT/SIGTERM stop it in order)."""
     topo = load_topology(topology)
+    verified_key = os.environ.get(verified_key_env, "").encode() or None
+    if verified_key is not None and len(verified_key) < MIN_KEY_BYTES:
+        raise click.UsageError(f"{verified_key_env}: the verification cache key needs at least {MIN_KEY_BYTES} "
+                               f"bytes, got {len(verified_key)}")
     site = topo.site(site_id)
     url = urlparse(site.login_url)
     host, port = (bind.rsplit(":", 1)[0], int(bind.rsplit(":", 1)[1])) if bind else (url.hostname or "127.0.0.1",
@@ -82,7 +93,8 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
                 log.warning("%s", exc)
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
         svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
-                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight, gc=GC)
+                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight, gc=GC,
+                           verified_key=verified_key, verified_ttl_s=verified_ttl_s)
         gcpolicy.install(GC)  # set up: what this process holds now is never scanned again
         await svc.serve(host, port, reuse_port=workers > 1, access_log=access_log)
         click.echo(f"login service for site {site.id} on http://{host}:{port} (pid {os.getpid()})", err=True)

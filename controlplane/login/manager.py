@@ -31,6 +31,7 @@ from controlplane.login.ports import AgentRecord, Directory, Line
 from controlplane.login.ratelimit import LoginRateLimiter
 from controlplane.login.readback import ReadBack
 from controlplane.login.sessions import LiveSession, SessionStore
+from controlplane.login.verified import VerifiedPasswords
 from controlplane.names import normalize_mac
 from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
 from controlplane.runtime.clock import Clock, RealClock
@@ -116,6 +117,7 @@ class LoginManager:
         clock: Clock | None = None,
         hasher: PasswordHasher | None = None,
         authenticator: Authenticator | None = None,
+        verified: VerifiedPasswords | None = None,
     ) -> None:
         self.site = topology.site(site_id)
         self.topology = topology
@@ -127,6 +129,7 @@ class LoginManager:
         self.clock = clock or RealClock()
         self.hasher = hasher or LOGIN_HASHER
         self.authenticator = authenticator
+        self.verified = verified  # recently verified passwords (login/verified.py), or None
         self._rehashing: set[str] = set()
         self._logins_now = 0  # logins in progress in this process
         self._next_rehash = float("-inf")
@@ -316,8 +319,17 @@ class LoginManager:
                             rec.profile.account)
                 return False
             return await self.authenticator.authenticate(rec.profile.account, password)
-        if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
-            return False
+        # Verified within the cache's lifetime against this very hash: no argon2 (20 ms of CPU).
+        # Only for hashes of the login profile: an import-profile hash is cheap to verify and
+        # about to be upgraded (a new hash, which the entry would no longer match).
+        cache = None
+        if rec is not None and self.verified is not None and not self.hasher.check_needs_rehash(rec.password_hash):
+            cache = self.verified
+        if rec is None or cache is None or not await cache.check(rec.profile.account, rec.password_hash, password):
+            if not await self._verify(rec.password_hash if rec else _DUMMY_HASH, password) or rec is None:
+                return False
+            if cache is not None:
+                await cache.remember(rec.profile.account, rec.password_hash, password)
         now = self.clock.now()
         if (self.hasher.check_needs_rehash(rec.password_hash) and now >= self._next_rehash
                 and self._logins_now <= REHASH_BUSY_LOGINS and rec.profile.account not in self._rehashing):

@@ -26,6 +26,7 @@ from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
 from controlplane.login.sessions import SessionStore
+from controlplane.login.verified import VERIFIED_TTL_S, VerifiedPasswords
 from controlplane.pbx.base import EventKind, LinkState, PbxClient
 from controlplane.runtime.clock import Clock, RealClock
 from controlplane.runtime.gcpolicy import GcPolicy, full_collections
@@ -71,6 +72,8 @@ class LoginService:
         authenticator: Authenticator | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         gc: GcPolicy | None = None,
+        verified_key: bytes | None = None,
+        verified_ttl_s: float = VERIFIED_TTL_S,
     ) -> None:
         self.clock = clock or RealClock()
         self.gc = gc
@@ -78,9 +81,10 @@ class LoginService:
         self.pbx = pbx
         self.reap_interval_s = reap_interval_s
         self.sessions = SessionStore(redis, prefix, session_ttl_s)
+        verified = VerifiedPasswords(redis, prefix, verified_key, verified_ttl_s) if verified_key else None
         self.manager = LoginManager(site_id, topology, directory, self.sessions,
                                     LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock,
-                                    authenticator=authenticator)
+                                    authenticator=authenticator, verified=verified)
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
         self.app = build_app(self.manager, admin_token, max_in_flight)
         self.manager.push = self._deliver
