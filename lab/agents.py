@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from argon2 import PasswordHasher
 
 from controlplane.inventory.importer import IMPORT_HASHER
 from lab.layout import FIRST_EXTENSION, phone_password
@@ -18,8 +19,8 @@ QUEUES = ("sales", "support")
 
 def write_inventory(path: Path, n: int, *, account: Callable[[int], str], mac: Callable[[int], str],
                     queue: Callable[[int], str], region: Callable[[int], str] = lambda i: "east",
-                    password: str = "pw") -> Path:
-    h = IMPORT_HASHER.hash(password)  # one hash for all: the import's cost is not the point here
+                    password: str = "pw", hasher: PasswordHasher = IMPORT_HASHER) -> Path:
+    h = hasher.hash(password)  # one hash for all: the import's cost is not the point here
     doc: dict[str, Any] = {
         "regions": ["east", "west"],
         "sites": [{"id": "a", "region": "east"}, {"id": "b", "region": "west"}],
