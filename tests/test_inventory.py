@@ -58,6 +58,13 @@ async def test_import_good_files_and_directory_reads(pg: Any) -> None:
     assert set(view.queues_at("a")) == {"sales", "vip"}
     assert (await d.login_view("alice", "00112200ffff")).lines == {}  # type: ignore[union-attr]
     assert await d.login_view("nobody", "001122aabb02") is None
+    # Logins in flight together: one query, each answer with its own request.
+    before = d._views.batches
+    many = await asyncio.gather(d.login_view("alice", "001122aabb02"), d.login_view("nobody", "001122aabb02"),
+                                d.login_view("alice", "00112200ffff"), d.login_view("alice", "001122aabb02"))
+    assert d._views.batches == before + 1
+    assert many[0] == view and many[3] == view and many[1] is None
+    assert many[2] is not None and many[2].lines == {} and many[2].agent == alice
     rules = await d.rules()
     assert [(r.scope, r.value, r.from_site, r.to_site, r.enabled) for r in rules] == [
         ("skill_group", "vip", "a", "b", False)]
