@@ -262,6 +262,11 @@ class _Session:
     def site(self) -> str:
         return str(self.body["site"])
 
+    @property
+    def heartbeat_s(self) -> float:
+        """The service's heartbeat interval, as its login or move reply set it."""
+        return float(self.body.get("timings", {}).get("heartbeat_s", 10.0))
+
 
 class Agent:
     def __init__(
@@ -461,7 +466,7 @@ class Agent:
         """The answer to a request over the session channel, waited for while the channel
         shows life (see ``move_timeout_s``); TimeoutError once it falls silent or the
         limit passes, ConnectionError if it closes."""
-        hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
+        hb = sess.heartbeat_s
         asked = self.clock()
         deadline = asked + self.timings.move_timeout_s
         while True:
@@ -638,7 +643,7 @@ class Agent:
         end of a confirmation hold) or something changes (a signal, the session channel):
         10,000 agents polling every 50 ms cost a core by themselves."""
         t = self.timings
-        hb = float(sess.body.get("timings", {}).get("heartbeat_s", 10.0))
+        hb = sess.heartbeat_s
         probes = ProbeSchedule(t, self._rng, self.clock())
         # The first heartbeat an interval after the login, move or heartbeat that last pushed
         # the session's deadline (a thousand agents ready at once need not all say so again

@@ -193,18 +193,17 @@ class PhoneLine:
             await self.gate()
         started = self.transport.clock.time()
         try:
-            resp = await self._exchange(registrar, expires)
+            resp: SipMessage | None = await self._exchange(registrar, expires)
+            error = ""
         except (SipTimeout, ProtocolError) as e:
-            took = self.transport.clock.time() - started
-            if gen != self._gen:  # superseded meanwhile (an un-awaited register elsewhere)
-                return LineEvent(LineEventKind.REGISTRATION_FAILED, self.transport.clock.time(), registrar,
-                                 f"superseded: {e}", took)
-            self.state = LineState.FAILED
-            return self._emit(LineEventKind.REGISTRATION_FAILED, registrar, str(e), took)
+            resp, error = None, str(e)
         latency = self.transport.clock.time() - started
-        if gen != self._gen:
+        if gen != self._gen:  # superseded meanwhile: its outcome is not the line's, and not told
             return LineEvent(LineEventKind.REGISTRATION_FAILED, self.transport.clock.time(), registrar,
-                             "superseded", latency)
+                             f"superseded: {error}" if error else "superseded", latency)
+        if resp is None:
+            self.state = LineState.FAILED
+            return self._emit(LineEventKind.REGISTRATION_FAILED, registrar, error, latency)
         if resp.status != 200:
             self.state = LineState.FAILED
             return self._emit(LineEventKind.REGISTRATION_FAILED, registrar, f"{resp.status} {resp.reason}", latency)

@@ -179,6 +179,7 @@ class LoginService:
     def busy(self) -> bool:
         """Logins or moves in flight, or CTI work running: no time for a full collection."""
         return self.app[ADMISSION].in_flight > 0 or self.manager.cti_busy
+
     async def serve(self, host: str, port: int, reuse_port: bool = False, access_log: bool = False) -> None:
         """Listen on host:port. ``reuse_port``: several processes of one site's service share
         the port (SO_REUSEPORT; the kernel spreads connections over them)."""

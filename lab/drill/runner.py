@@ -236,7 +236,7 @@ class Drill:
                     break
                 await asyncio.sleep(0.2)
             initial = {a.account: a.site for a in self.agents}
-            ready_before = sum(1 for a in self.agents if a.state in READY)
+            ready_before = sum(self.ready.values())
             # The simulator under the services' GC policy while it is measured: 3,000 agents'
             # state rescanned by full collections paused it 5 s in the minute after a fault.
             gc_restore = gcpolicy.install(gcpolicy.GcPolicy())
