@@ -21,6 +21,12 @@ AMI_PORT = 5038
 SIP_PORT = 5060
 AMI_USER = "ccdr"
 LOGIN_BASE_PORT = 8081  # login service of site i listens on 127.0.0.1:8081+i
+# SIPp phones of site i send from HOST_ADDRESS:5160+i (one at a time: 5170+i). A fixed port
+# keeps the contact URI the same between runs: an unregister (Expires: 0) only removes the
+# contact it names, and two SIPp runs left to pick ports raced for 5060/5061, so the bench's
+# unregistering run named the other site's port and left 5,000 contacts registered.
+PHONES_BASE_PORT = 5160
+PHONE_BASE_PORT = 5170
 DEFAULT_PHONES = 20  # extensions 1001.. with password lab-<ext>
 FIRST_EXTENSION = 1001
 LAB_QUEUES = ("sales", "support", "bench")

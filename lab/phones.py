@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from importlib import resources
 
 from controlplane.errors import LabError
-from lab.layout import HOST_ADDRESS, SIP_PORT, SiteSpec, phone_password
+from lab.layout import HOST_ADDRESS, PHONE_BASE_PORT, PHONES_BASE_PORT, SIP_PORT, SiteSpec, phone_password
 from lab.system import require_tool
 
 
@@ -20,7 +21,7 @@ def register(site: SiteSpec, extension: int, expires: int = 300, timeout_s: int 
     with resources.as_file(scenario) as path:
         cmd = [
             "sipp", f"{site.address}:{SIP_PORT}", "-sf", str(path), "-m", "1", "-nostdin",
-            "-i", HOST_ADDRESS, "-s", str(extension), "-au", str(extension),
+            "-i", HOST_ADDRESS, "-p", str(PHONE_BASE_PORT + site.index), "-s", str(extension), "-au", str(extension),
             "-ap", phone_password(extension), "-key", "expires", str(expires),
             "-timeout", f"{timeout_s}s", "-timeout_error", "-nd",
         ]
@@ -53,6 +54,7 @@ def register_many(site: SiteSpec, extensions: list[int], expires: int = 300, rat
             cmd = [
                 "sipp", f"{site.address}:{SIP_PORT}", "-sf", str(path), "-inf", inf, "-m", str(len(extensions)),
                 "-r", str(rate), "-l", str(max(rate, 100)), "-nostdin", "-i", HOST_ADDRESS,
+                "-p", str(PHONES_BASE_PORT + site.index),
                 "-key", "expires", str(expires), "-timeout", f"{timeout_s}s", "-timeout_error", "-nd",
             ]
             cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 10, check=False, cwd=tmp)
@@ -60,3 +62,11 @@ def register_many(site: SiteSpec, extensions: list[int], expires: int = 300, rat
         tail = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-1:] or [""]
         raise LabError(f"site {site.id}: {len(extensions)} phones did not all register "
                        f"(sipp exit {cp.returncode}) {tail[0]}")
+
+
+def registered(site: SiteSpec) -> list[int]:
+    """The lab extensions with a contact at ``site`` now (Asterisk's CLI: one call, where AMI's
+    PJSIPShowContacts costs seconds per thousand)."""
+    from lab.asterisk_site import rx
+
+    return sorted({int(m) for m in re.findall(r"^\s*Contact:\s+(\d+)/sip:", rx(site, "pjsip show contacts"), re.M)})

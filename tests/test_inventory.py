@@ -131,6 +131,20 @@ async def test_concurrent_vaid_allocation_never_duplicates(pg: Any) -> None:
     assert await d.allocate_vaid("one-too-many") is None  # exhausted: a clear None, not a duplicate
 
 
+async def test_batched_vaid_allocation_across_two_services(pg: Any) -> None:
+    """Both sites' services allocate at once, each in batches: distinct IDs; the pool's end
+    is found by the requests a batch could not serve (one at a time, then None)."""
+    async with pg.acquire() as c:
+        await import_files(c, [INV / "base.yaml"])  # 2,000 IDs
+    a, b = PgDirectory(pg), PgDirectory(pg)
+    got = await asyncio.gather(*(d.allocate_vaid(f"{n}{i}") for i in range(1100) for n, d in (("a", a), ("b", b))))
+    held = [v for v in got if v is not None]
+    assert len(held) == 2000 and len(set(held)) == 2000 and got.count(None) == 200
+    assert a._allocs.batches + b._allocs.batches < 100  # not one UPDATE per login
+    rows = await pg.fetch("SELECT id, session_id FROM virtual_agent_ids WHERE session_id IS NOT NULL")
+    assert len(rows) == 2000 and {r["session_id"][0] for r in rows} == {"a", "b"}
+
+
 def test_cli_import_reports_problems_and_exit_code(pg_db: str) -> None:
     r = CliRunner().invoke(cli, ["inventory", "import", "--dsn", pg_db, str(INV / "bad.yaml")])
     assert r.exit_code == 1

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from controlplane.cli.main import cli
 from controlplane.settings import Topology
-from lab import manager
+from lab import asterisk_site, manager
 from lab.ami_probe import AmiProbe
 from lab.layout import SITES, site
 from lab.phones import register
@@ -262,3 +262,27 @@ def test_missing_debootstrap_fails_with_one_clear_line(monkeypatch: pytest.Monke
         rootfs.ensure_rootfs(tmp_path / "no-rootfs")
     assert str(ei.value) == "debootstrap not found: install it with `apt-get install debootstrap`"
     assert not (tmp_path / "no-rootfs").exists()
+
+
+def test_phones_unregister_the_contact_they_registered(lab_topology: Topology) -> None:
+    """SIPp phones send from their site's fixed port, so an unregister names the contact the
+    registration made. Left to pick a port, a run took the first free one from 5060 up: with
+    another run (or anything) holding 5060 at registration and not at the unregister, the
+    unregister named another contact and the phone stayed registered for its 300 s."""
+    from lab.phones import register_many
+
+    sa = site("a")
+    exts = [1011, 1012, 1013]
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        held.bind(("10.77.0.1", 5060))  # as the other site's SIPp run would be
+        register_many(sa, exts, 300, 100, timeout_s=10)
+        register(sa, 1014, expires=300)
+    finally:
+        held.close()
+    contacts = asterisk_site.rx(sa, "pjsip show contacts")
+    assert all(f"{e}/sip:{e}@10.77.0.1" in contacts for e in [*exts, 1014])
+    register_many(sa, exts, 0, 100, timeout_s=10)
+    register(sa, 1014, expires=0)
+    contacts = asterisk_site.rx(sa, "pjsip show contacts")
+    assert not [e for e in [*exts, 1014] if f"{e}/sip:{e}@" in contacts], contacts[-600:]

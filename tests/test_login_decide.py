@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from controlplane.login.decide import AgentProfile, SwitchRule, decide_site
@@ -72,3 +74,17 @@ async def test_rate_limit_per_source(redis_client) -> None:  # type: ignore[no-u
         await rl.failed(f"user{i}", "10.0.0.9")
     assert await rl.blocked("someone-else", "10.0.0.9")
     assert not await rl.blocked("someone-else", "10.0.0.7")
+
+
+async def test_rate_limit_reads_in_flight_go_together_each_answer_its_own(redis_client) -> None:  # type: ignore[no-untyped-def]
+    rl = LoginRateLimiter(redis_client, redis_client.test_prefix, RateLimits(window_s=30, per_account=2, per_source=3))
+    for _ in range(2):
+        await rl.failed("mallory", "10.0.0.1")
+    await rl.failed("eve", "10.0.0.9")
+    for _ in range(2):
+        await rl.failed(f"typo{_}", "10.0.0.9")  # 10.0.0.9: three failures, at its limit
+    before = rl._reads.batches
+    asked = [("mallory", "10.0.0.2"), ("bob", "10.0.0.1"), ("carol", "10.0.0.9"), ("eve", "10.0.0.3")] * 25
+    got = await asyncio.gather(*(rl.blocked(a, s) for a, s in asked))
+    assert got == [True, False, True, False] * 25
+    assert rl._reads.batches - before <= 2  # one MGET alone, then the rest together

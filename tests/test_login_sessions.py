@@ -75,3 +75,20 @@ async def test_a_burst_of_moves_is_batched_and_each_gets_its_own_answer(redis_cl
     assert [s.id for s in await st.claim_expired(now=49)] == []  # deadlines pushed to 50
     assert len(await st.claim_expired(now=51)) == 99
     assert await redis_client.zscore(f"{redis_client.test_prefix}sess:deadlines", "s7") is None  # not revived
+
+
+async def test_a_burst_of_logins_is_stored_in_one_multi_each_with_its_own_replaced(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Sessions stored together, with and without tokens; an account logging in twice in one
+    batch: the later session replaces the earlier one, as if they had gone one by one."""
+    st = SessionStore(redis_client, redis_client.test_prefix, ttl_s=30)
+    await st.put(_s("old3", account="u3"), now=0)
+    before = st._puts.batches
+    calls = [(_s(f"s{i}", account=f"u{i}"), f"t{i}" if i % 2 else None) for i in range(50)]
+    calls.append((_s("s3b", account="u3"), "t3b"))
+    got = await asyncio.gather(*(st.put(s, now=5, token=t) for s, t in calls))
+    assert got[3] == "old3" and got[50] == "s3" and got[:3] == [None] * 3 and got[4:50] == [None] * 46
+    assert st._puts.batches - before <= 2
+    assert await st.current("u3") == "s3b" and await st.current("u49") == "s49"
+    read = await asyncio.gather(*(st.with_token(f"s{i}") for i in (1, 2, 49)))
+    assert [(s.id if s else None, t) for s, t in read] == [("s1", "t1"), ("s2", None), ("s49", "t49")]
+    assert await redis_client.zscore(f"{redis_client.test_prefix}sess:deadlines", "s10") == 35

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from controlplane.runtime.batch import Batcher
+
 
 @dataclass(frozen=True)
 class RateLimits:
@@ -25,14 +27,20 @@ class LoginRateLimiter:
         self.redis = redis
         self.prefix = prefix
         self.limits = limits or RateLimits()
+        # Every login reads its counters: in a storm the logins in flight read theirs in one
+        # MGET (4 % of a service was this read's own round trip, session 12's py-spy).
+        self._reads: Batcher[tuple[str, str], bool] = Batcher(self._blocked_many)
 
     def _keys(self, account: str, source: str) -> tuple[str, str]:
         return f"{self.prefix}rl:acct:{account}", f"{self.prefix}rl:src:{source}"
 
     async def blocked(self, account: str, source: str) -> bool:
-        ka, ks = self._keys(account, source)
-        a, s = await self.redis.mget(ka, ks)
-        return int(a or 0) >= self.limits.per_account or int(s or 0) >= self.limits.per_source
+        return await self._reads.call(self._keys(account, source))
+
+    async def _blocked_many(self, keys: list[tuple[str, str]]) -> list[bool]:
+        got = await self.redis.mget([k for pair in keys for k in pair])
+        return [int(got[2 * i] or 0) >= self.limits.per_account or int(got[2 * i + 1] or 0) >= self.limits.per_source
+                for i in range(len(keys))]
 
     async def failed(self, account: str, source: str) -> None:
         ka, ks = self._keys(account, source)

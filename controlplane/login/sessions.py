@@ -77,6 +77,7 @@ class SessionStore:
         self._moves: Batcher[tuple[LiveSession, float], bool] = Batcher(self._move_many)
         self._states_at: Batcher[tuple[str, str, str], bool] = Batcher(self._set_state_at_many)
         self._heartbeats: Batcher[tuple[str, float], bool] = Batcher(self._heartbeat_many)
+        self._puts: Batcher[tuple[LiveSession, float, str | None], str | None] = Batcher(self._put_many)
 
     def _k(self, sid: str) -> str:
         return f"{self.p}sess:{sid}"
@@ -90,16 +91,30 @@ class SessionStore:
 
     async def put(self, s: LiveSession, now: float, token: str | None = None) -> str | None:
         """Store ``s`` (and its channel ``token``, in the same round trip); returns the id of
-        a session it replaces for the same account, if any."""
+        a session it replaces for the same account, if any. The logins in flight store theirs
+        in one MULTI (each as if alone: two logins of one account in a batch, the later one
+        replaces the earlier)."""
+        return await self._puts.call((s, now, token))
+
+    async def _put_many(self, calls: list[tuple[LiveSession, float, str | None]]) -> list[str | None]:
+        firsts: list[int] = []  # where each session's GETSET answer is among the replies
         async with self.redis.pipeline(transaction=True) as p:
-            p.getset(self._acct(s.account), s.id)
-            p.hset(self._k(s.id), mapping=s.to_redis())
-            p.zadd(self._deadlines, {s.id: now + self.ttl_s})
-            if token is not None:
-                p.set(self.token_key(s.id), token)
-            old = (await p.execute())[0]
-        prev = _text(old) if old else None
-        return prev if prev != s.id else None
+            n = 0
+            for s, now, token in calls:
+                firsts.append(n)
+                p.getset(self._acct(s.account), s.id)
+                p.hset(self._k(s.id), mapping=s.to_redis())
+                p.zadd(self._deadlines, {s.id: now + self.ttl_s})
+                n += 3
+                if token is not None:
+                    p.set(self.token_key(s.id), token)
+                    n += 1
+            replies = await p.execute()
+        out: list[str | None] = []
+        for (s, _, _), i in zip(calls, firsts, strict=True):
+            prev = _text(replies[i]) if replies[i] else None
+            out.append(prev if prev != s.id else None)
+        return out
 
     async def current(self, account: str) -> str | None:
         """The id of the account's live session, if any (the newest login wins)."""
