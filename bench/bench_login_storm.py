@@ -46,6 +46,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import yaml
 
+from bench.hostspeed import HostSpeed
 from controlplane.inventory.importer import IMPORT_HASHER, import_files
 from controlplane.inventory.migrate import migrate
 from controlplane.login.manager import LOGIN_HASHER
@@ -150,7 +151,8 @@ async def main(n: int, conc: int) -> None:
 
             print(f"storm: {n} logins, {conc} in flight...", flush=True)
             t_start = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(n)))
+            with HostSpeed() as speed:
+                await asyncio.gather(*(one(i) for i in range(n)))
             t_logins = time.perf_counter() - t_start
             vaids = {b["virtual_agent_id"] for b in bodies}
             assert len(vaids) == n, "duplicate virtual agent IDs"
@@ -200,6 +202,7 @@ async def main(n: int, conc: int) -> None:
               f" p95 {percentile(lat, .95) * 1000:.0f} ms, p99 {percentile(lat, .99) * 1000:.0f} ms,"
               f" max {max(lat) * 1000:.0f} ms"
               f" (mean {statistics.mean(lat) * 1000:.0f} ms)")
+        print(f"  {speed.summary()}, during the login calls")
         print(f"  all phones registered: {t_registered:.1f} s after the storm's start")
         print(f"  CTI registration confirmed (read back by the service): {confirmed:,}/{n:,} at {t_cti:.1f} s")
         print(f"  read back through AMI by this bench: {readback:,}/{n:,} members at their login site")
