@@ -121,11 +121,14 @@ class MemoryDirectory:
     async def rules(self) -> list[SwitchRule]:
         return list(self.rule_list)
 
-    async def allocate_vaid(self, session_id: str) -> int | None:
+    async def open_session(self, session_id: str, account: str, site: str, mac: str, extension: str,
+                           reason: str) -> int | None:
         if not self.free:
             return None
         v = self.free.pop(0)
         self.held[session_id] = v
+        self.history[session_id] = {"account": account, "site": site, "mac": mac, "extension": extension,
+                                    "vaid": v, "reason": reason, "end_reason": None}
         return v
 
     async def release_vaid(self, session_id: str) -> None:
@@ -137,11 +140,6 @@ class MemoryDirectory:
         rec = self.agents[account]
         if rec.password_hash == old_hash:
             self.agents[account] = AgentRecord(rec.profile, new_hash, rec.skill_penalties)
-
-    async def session_started(self, session_id: str, account: str, site: str, mac: str, extension: str,
-                              vaid: int, reason: str) -> None:
-        self.history[session_id] = {"account": account, "site": site, "mac": mac, "extension": extension,
-                                    "vaid": vaid, "reason": reason, "end_reason": None}
 
     async def move_target(self, account: str, mac: str, site: str) -> tuple[Line, list[tuple[str, int]]] | None:
         line = self.lines.get((mac, site))

@@ -131,18 +131,24 @@ async def test_concurrent_vaid_allocation_never_duplicates(pg: Any) -> None:
     assert await d.allocate_vaid("one-too-many") is None  # exhausted: a clear None, not a duplicate
 
 
-async def test_batched_vaid_allocation_across_two_services(pg: Any) -> None:
-    """Both sites' services allocate at once, each in batches: distinct IDs; the pool's end
-    is found by the requests a batch could not serve (one at a time, then None)."""
+async def test_sessions_opened_in_batches_across_two_services(pg: Any) -> None:
+    """Both sites' services open sessions at once, each in batches (ID and history row in
+    one statement): distinct IDs, one history row per session with its own ID; the pool's
+    end is found by the requests a batch could not serve (one at a time, then None, and no
+    history row for them)."""
     async with pg.acquire() as c:
         await import_files(c, [INV / "base.yaml"])  # 2,000 IDs
     a, b = PgDirectory(pg), PgDirectory(pg)
-    got = await asyncio.gather(*(d.allocate_vaid(f"{n}{i}") for i in range(1100) for n, d in (("a", a), ("b", b))))
+    got = await asyncio.gather(*(d.open_session(f"{n}{i}", f"acct{i}", n, "001122aabb01", str(2000 + i), "local")
+                                 for i in range(1100) for n, d in (("a", a), ("b", b))))
     held = [v for v in got if v is not None]
     assert len(held) == 2000 and len(set(held)) == 2000 and got.count(None) == 200
-    assert a._allocs.batches + b._allocs.batches < 100  # not one UPDATE per login
-    rows = await pg.fetch("SELECT id, session_id FROM virtual_agent_ids WHERE session_id IS NOT NULL")
-    assert len(rows) == 2000 and {r["session_id"][0] for r in rows} == {"a", "b"}
+    assert a._opens.batches + b._opens.batches < 100  # not one UPDATE per login
+    pool = {r["session_id"]: r["id"] for r in await pg.fetch("SELECT id, session_id FROM virtual_agent_ids")}
+    hist = {r["id"]: r for r in await pg.fetch("SELECT id, account, site, extension, vaid, reason FROM sessions")}
+    assert len(hist) == 2000 and all(pool[sid] == h["vaid"] for sid, h in hist.items())
+    assert dict(hist["b7"]) == {"id": "b7", "account": "acct7", "site": "b", "extension": "2007", "vaid": pool["b7"],
+                                "reason": "local"}
 
 
 def test_cli_import_reports_problems_and_exit_code(pg_db: str) -> None:

@@ -165,6 +165,24 @@ async def test_errors_have_stable_codes_and_leave_nothing_behind(client: TestCli
     assert await env.sessions.count() == 0 and env.dir.held == {}
 
 
+async def test_a_login_failing_at_the_session_store_leaves_nothing_behind(env: Env, monkeypatch: Any) -> None:
+    """The ID and the history row are written first (one statement); the live session then
+    fails to reach Redis: the ID goes back, the history says "failed", Redis holds nothing."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def broken(*_: Any, **__: Any) -> None:
+        raise RedisConnectionError("redis went away")
+
+    monkeypatch.setattr(env.sessions._puts, "fn", broken)
+    free_before = list(env.dir.free)
+    with pytest.raises(RedisConnectionError):
+        await env.mgr.login("agent04", "pw-agent04", "00:11:22:00:00:04", "10.0.0.1")
+    assert env.dir.held == {} and sorted(env.dir.free) == sorted(free_before)
+    [h] = env.dir.history.values()
+    assert h["account"] == "agent04" and h["end_reason"] == "failed"
+    assert await env.sessions.count() == 0 and await env.sessions.current("agent04") is None
+
+
 async def test_admin_sessions_needs_token_and_hides_secrets(client: TestClient[Any, Any], env: Env) -> None:
     await _login(client, 1)
     r = await client.get("/v1/sessions")

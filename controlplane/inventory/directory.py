@@ -17,20 +17,25 @@ WHERE id = (SELECT id FROM virtual_agent_ids WHERE session_id IS NULL
 RETURNING id
 """
 
-# The logins in flight take their IDs in one statement (controlplane.runtime.batch): in a
-# storm each login's own UPDATE was 7 % of a service (py-spy, session 12). Rows another
-# transaction holds are skipped, as above; a request left without a row (a short pool, or
-# rows skipped) takes the one-at-a-time path, which tells "exhausted" from "busy". One row
-# per request by construction (row n to request n); the UNIQUE session_id still guards.
-_ALLOCATE_MANY = """
-WITH req AS (SELECT s, i FROM unnest($1::text[]) WITH ORDINALITY AS r(s, i)),
+# A login's ID and its history row, for the logins in flight, in one statement
+# (controlplane.runtime.batch): in a storm the allocation's own UPDATE was 7 % of a service
+# and the history INSERT its own round trip (py-spy, session 12). Rows another transaction
+# holds are skipped, as above; a request left without a row (a short pool, or rows skipped)
+# takes the one-at-a-time path, which tells "exhausted" from "busy". Row n goes to request n;
+# the UNIQUE session_id still guards.
+_OPEN_MANY = """
+WITH req AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bpchar[], $5::text[], $6::text[])
+             WITH ORDINALITY AS r(sid, account, site, mac, extension, reason, i)),
      free AS (SELECT id FROM virtual_agent_ids WHERE session_id IS NULL
               ORDER BY id LIMIT cardinality($1::text[]) FOR UPDATE SKIP LOCKED),
-     pick AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM free)
-UPDATE virtual_agent_ids v SET session_id = req.s
-FROM pick JOIN req ON req.i = pick.n
-WHERE v.id = pick.id
-RETURNING req.i, v.id
+     pick AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM free),
+     got AS (UPDATE virtual_agent_ids v SET session_id = req.sid
+             FROM pick JOIN req ON req.i = pick.n
+             WHERE v.id = pick.id
+             RETURNING req.i, v.id, req.sid, req.account, req.site, req.mac, req.extension, req.reason),
+     hist AS (INSERT INTO sessions (id, account, site, mac, extension, vaid, reason)
+              SELECT sid, account, site, mac, extension, id, reason FROM got)
+SELECT i, id FROM got
 """
 
 
@@ -83,6 +88,7 @@ WHERE s.id = last.session_id
 """
 
 MoveKey = tuple[str, str, str]  # (account, mac, site)
+OpenKey = tuple[str, str, str, str, str, str]  # (session_id, account, site, mac, extension, reason)
 MoveTarget = tuple[Line, list[tuple[str, int]]] | None
 
 
@@ -106,7 +112,7 @@ class PgDirectory:
         self._targets: Batcher[MoveKey, MoveTarget] = Batcher(self._move_targets)
         self._moves: Batcher[tuple[str, str, str, str], None] = Batcher(self._sessions_moved)
         self._started: Batcher[tuple[str, str, str, str, str, int, str], None] = Batcher(self._sessions_started)
-        self._allocs: Batcher[str, int | None] = Batcher(self._allocate_many)
+        self._opens: Batcher[OpenKey, int | None] = Batcher(self._open_many)
 
     async def login_view(self, account: str, mac: str) -> LoginView | None:
         return await self._views.call((account, mac))
@@ -137,20 +143,31 @@ class PgDirectory:
         return [SwitchRule(r["scope"], r["value"], r["from_site"], r["to_site"], r["enabled"], r["id"])
                 for r in rows]
 
-    async def allocate_vaid(self, session_id: str) -> int | None:
-        """Atomic: SKIP LOCKED hands concurrent callers different rows, and the UNIQUE
-        session_id column makes a double allocation impossible even if that changed.
-        Batched with the allocations in flight; one left without a row tries alone."""
-        vid = await self._allocs.call(session_id)
-        return vid if vid is not None else await self._allocate_one(session_id)
+    async def open_session(self, session_id: str, account: str, site: str, mac: str, extension: str,
+                           reason: str) -> int | None:
+        """Batched with the logins in flight; one left without an ID tries alone."""
+        key = (session_id, account, site, mac, extension, reason)
+        vid = await self._opens.call(key)
+        if vid is not None:
+            return vid
+        vid = await self.allocate_vaid(session_id)
+        if vid is not None:
+            try:
+                await self.session_started(session_id, account, site, mac, extension, vid, reason)
+            except BaseException:
+                await self.release_vaid(session_id)
+                raise
+        return vid
 
-    async def _allocate_many(self, session_ids: list[str]) -> list[int | None]:
-        out: list[int | None] = [None] * len(session_ids)
-        for r in await self.pool.fetch(_ALLOCATE_MANY, session_ids):
+    async def _open_many(self, keys: list[OpenKey]) -> list[int | None]:
+        out: list[int | None] = [None] * len(keys)
+        for r in await self.pool.fetch(_OPEN_MANY, *([k[j] for k in keys] for j in range(6))):
             out[r["i"] - 1] = int(r["id"])
         return out
 
-    async def _allocate_one(self, session_id: str) -> int | None:
+    async def allocate_vaid(self, session_id: str) -> int | None:
+        """Atomic: SKIP LOCKED hands concurrent callers different rows, and the UNIQUE
+        session_id column makes a double allocation impossible even if that changed."""
         for _ in range(3):  # SKIP LOCKED may pass over rows other callers hold for a moment
             vid = await self.pool.fetchval(_ALLOCATE, session_id)
             if vid is not None:

@@ -185,7 +185,7 @@ class LoginManager:
 
         sid = secrets.token_urlsafe(12)
         token = secrets.token_urlsafe(24)
-        vaid = await self.directory.allocate_vaid(sid)
+        vaid = await self.directory.open_session(sid, account, target.id, norm_mac, line.extension, decision.reason)
         if vaid is None:
             raise LoginRefused("pool_exhausted", 503, "no free virtual agent ID")
         session = LiveSession(id=sid, account=account, site=target.id, extension=line.extension,
@@ -193,15 +193,12 @@ class LoginManager:
         try:
             replaced = await self.sessions.put(session, self.clock.now(), token)
         except BaseException:
+            # Nothing half-done stays: the ID goes back, the history says the session failed,
+            # and whatever of it reached Redis is removed.
             await self.directory.release_vaid(sid)
+            await self.directory.session_ended(sid, "failed")
             await self.sessions.claim(sid)
             await self.sessions.drop_token(sid)
-            raise
-        try:
-            await self.directory.session_started(sid, account, target.id, norm_mac, line.extension, vaid,
-                                                 decision.reason)
-        except BaseException:
-            await self._end(sid, "failed")
             raise
         if replaced:
             self.spawn(self._end(replaced, "replaced"))

@@ -50,19 +50,17 @@ class Directory(Protocol):
 
     async def rules(self) -> list[SwitchRule]: ...
 
-    async def allocate_vaid(self, session_id: str) -> int | None:
-        """Atomically take a free virtual agent ID for ``session_id``; None if exhausted."""
+    async def open_session(self, session_id: str, account: str, site: str, mac: str, extension: str,
+                           reason: str) -> int | None:
+        """Atomically take a free virtual agent ID for ``session_id`` and record the session
+        in the history with it (the live session is in Redis); None if the pool is
+        exhausted (then nothing is recorded)."""
         ...
 
     async def release_vaid(self, session_id: str) -> None: ...
 
     async def set_password_hash(self, account: str, old_hash: str, new_hash: str) -> None:
         """Replace ``old_hash`` (only if it is still the stored one: a concurrent rehash wins once)."""
-        ...
-
-    async def session_started(self, session_id: str, account: str, site: str, mac: str, extension: str,
-                              vaid: int, reason: str) -> None:
-        """Record a session in the history (the live session is in Redis)."""
         ...
 
     async def session_ended(self, session_id: str, why: str) -> None: ...
