@@ -11,6 +11,7 @@ from controlplane.errors import ConfigError, LoginRefused
 from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Line
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
+from controlplane.login.reads import KeyReads
 from controlplane.login.sessions import SessionStore
 from controlplane.login.verified import VerifiedPasswords
 from controlplane.runtime.clock import FakeClock
@@ -62,15 +63,18 @@ async def test_a_returning_agent_logs_in_without_argon2(redis_client: Any) -> No
     d.add_agent("agent01", "pw-agent01")
     d.lines[("001122000001", "a")] = Line("a", "2001", "2001", "s")
     p = redis_client.test_prefix
+    reads = KeyReads(redis_client)
     mgr = LoginManager("a", TOPO, d, SessionStore(redis_client, p, ttl_s=30),
-                       LoginRateLimiter(redis_client, p, RateLimits(60, 50, 100)),
+                       LoginRateLimiter(redis_client, p, RateLimits(60, 50, 100), reads),
                        {"a": FakePbx("a"), "b": FakePbx("b")}, clock=FakeClock(1000), hasher=hasher,
-                       verified=VerifiedPasswords(redis_client, p, KEY, ttl_s=600))
+                       verified=VerifiedPasswords(redis_client, p, KEY, ttl_s=600, reads=reads))
     try:
         await mgr.login("agent01", "pw-agent01", "00:11:22:00:00:01", "10.0.0.1")
         assert hasher.verifies == 1
+        before = reads.batches
         await mgr.login("agent01", "pw-agent01", "00:11:22:00:00:01", "10.0.0.1")
         assert hasher.verifies == 1  # remembered: no argon2
+        assert reads.batches == before + 1  # the rate limits and the entry in one MGET
         with pytest.raises(LoginRefused, match="wrong account or password"):
             await mgr.login("agent01", "not-it", "00:11:22:00:00:01", "10.0.0.1")
         assert hasher.verifies == 2  # a wrong password always goes to argon2
@@ -86,7 +90,8 @@ async def test_a_returning_agent_logs_in_without_argon2(redis_client: Any) -> No
 
 
 async def test_an_import_profile_hash_is_not_cached(redis_client: Any) -> None:
-    """Cheap to verify and about to be upgraded: no Redis read or write for it."""
+    """Cheap to verify and about to be upgraded: no entry written for it (its entry is read
+    beside the rate limits, before the hash is known, and not used)."""
     d = MemoryDirectory(PasswordHasher(time_cost=1, memory_cost=512, parallelism=1), pool=10)
     d.add_agent("agent01", "pw-agent01")
     d.lines[("001122000001", "a")] = Line("a", "2001", "2001", "s")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from controlplane.runtime.batch import Batcher
+from controlplane.login.reads import KeyReads
 
 
 @dataclass(frozen=True)
@@ -23,24 +23,22 @@ class RateLimits:
 
 
 class LoginRateLimiter:
-    def __init__(self, redis: Redis, prefix: str, limits: RateLimits | None = None) -> None:
+    def __init__(self, redis: Redis, prefix: str, limits: RateLimits | None = None,
+                 reads: KeyReads | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.limits = limits or RateLimits()
         # Every login reads its counters: in a storm the logins in flight read theirs in one
-        # MGET (4 % of a service was this read's own round trip, session 12's py-spy).
-        self._reads: Batcher[tuple[str, str], bool] = Batcher(self._blocked_many)
+        # MGET (4 % of a service was this read's own round trip, session 12's py-spy), with
+        # the verification cache's reads when the service shares ``reads`` between them.
+        self.reads = reads or KeyReads(redis)
 
     def _keys(self, account: str, source: str) -> tuple[str, str]:
         return f"{self.prefix}rl:acct:{account}", f"{self.prefix}rl:src:{source}"
 
     async def blocked(self, account: str, source: str) -> bool:
-        return await self._reads.call(self._keys(account, source))
-
-    async def _blocked_many(self, keys: list[tuple[str, str]]) -> list[bool]:
-        got = await self.redis.mget([k for pair in keys for k in pair])
-        return [int(got[2 * i] or 0) >= self.limits.per_account or int(got[2 * i + 1] or 0) >= self.limits.per_source
-                for i in range(len(keys))]
+        a, s = await self.reads.get(*self._keys(account, source))
+        return int(a or 0) >= self.limits.per_account or int(s or 0) >= self.limits.per_source
 
     async def failed(self, account: str, source: str) -> None:
         ka, ks = self._keys(account, source)

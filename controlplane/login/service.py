@@ -25,6 +25,7 @@ from controlplane.login.http import ADMISSION, DEFAULT_MAX_IN_FLIGHT, SOCKETS, b
 from controlplane.login.manager import LoginManager
 from controlplane.login.ports import Directory
 from controlplane.login.ratelimit import LoginRateLimiter, RateLimits
+from controlplane.login.reads import KeyReads
 from controlplane.login.sessions import SessionStore
 from controlplane.login.verified import VERIFIED_TTL_S, VerifiedPasswords
 from controlplane.pbx.base import EventKind, LinkState, PbxClient
@@ -81,9 +82,10 @@ class LoginService:
         self.pbx = pbx
         self.reap_interval_s = reap_interval_s
         self.sessions = SessionStore(redis, prefix, session_ttl_s)
-        verified = VerifiedPasswords(redis, prefix, verified_key, verified_ttl_s) if verified_key else None
+        reads = KeyReads(redis)  # the rate limiter's and the verification cache's, in one MGET
+        verified = VerifiedPasswords(redis, prefix, verified_key, verified_ttl_s, reads) if verified_key else None
         self.manager = LoginManager(site_id, topology, directory, self.sessions,
-                                    LoginRateLimiter(redis, prefix, limits), pbx, clock=self.clock,
+                                    LoginRateLimiter(redis, prefix, limits, reads), pbx, clock=self.clock,
                                     authenticator=authenticator, verified=verified)
         self.supervisor = Supervisor(topology.timings.reconnect, self.clock)
         self.app = build_app(self.manager, admin_token, max_in_flight)

@@ -22,7 +22,7 @@ import logging
 from redis.asyncio import Redis
 
 from controlplane.errors import ConfigError
-from controlplane.runtime.batch import Batcher
+from controlplane.login.reads import KeyReads
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _DOMAIN = b"ccdr-verified-1"
 
 
 class VerifiedPasswords:
-    def __init__(self, redis: Redis, prefix: str, key: bytes, ttl_s: float) -> None:
+    def __init__(self, redis: Redis, prefix: str, key: bytes, ttl_s: float, reads: KeyReads | None = None) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ConfigError([f"verification cache key: at least {MIN_KEY_BYTES} bytes, got {len(key)}"])
         if ttl_s < 1:
@@ -42,8 +42,9 @@ class VerifiedPasswords:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._key = key  # never logged, never stored
-        # A storm's reads go out as pipelines (one round trip for what arrived meanwhile).
-        self._reads: Batcher[str, bytes | None] = Batcher(self._read_many)
+        # A storm's reads go out together (one MGET for what arrived meanwhile, the rate
+        # limiter's too when the service shares ``reads``).
+        self.reads = reads or KeyReads(redis)
 
     def __repr__(self) -> str:
         return f"VerifiedPasswords(prefix={self.prefix!r}, ttl_s={self.ttl_s})"
@@ -55,22 +56,22 @@ class VerifiedPasswords:
         msg = b"\0".join((_DOMAIN, account.encode(), stored_hash.encode(), password.encode()))
         return hmac.new(self._key, msg, hashlib.sha256).hexdigest().encode()
 
-    async def _read_many(self, keys: list[str]) -> list[bytes | None]:
-        async with self.redis.pipeline(transaction=False) as p:
-            for k in keys:
-                p.get(k)
-            got = await p.execute()
-        return [v.encode() if isinstance(v, str) else v for v in got]
-
-    async def check(self, account: str, stored_hash: str, password: str) -> bool:
-        """True if this password was verified against this hash within ``ttl_s``. A store
-        that cannot be read is a miss: argon2 decides."""
+    async def fetch(self, account: str) -> bytes | None:
+        """The account's entry, to be checked by :meth:`matches`. A store that cannot be read
+        gives None: a miss, and argon2 decides."""
         try:
-            got = await self._reads.call(self._k(account))
+            return (await self.reads.get(self._k(account)))[0]
         except Exception as exc:  # redis down: the slow path still works
             log.warning("verification cache unreadable: %s", type(exc).__name__)
-            return False
-        return got is not None and hmac.compare_digest(got, self._tag(account, stored_hash, password))
+            return None
+
+    def matches(self, entry: bytes | None, account: str, stored_hash: str, password: str) -> bool:
+        """True if ``entry`` says this password was verified against this hash within ``ttl_s``."""
+        return entry is not None and hmac.compare_digest(entry, self._tag(account, stored_hash, password))
+
+    async def check(self, account: str, stored_hash: str, password: str) -> bool:
+        """:meth:`fetch` and :meth:`matches` in one."""
+        return self.matches(await self.fetch(account), account, stored_hash, password)
 
     async def remember(self, account: str, stored_hash: str, password: str) -> None:
         """After argon2 accepted ``password`` for ``stored_hash``."""
