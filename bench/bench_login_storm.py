@@ -22,6 +22,10 @@ have the login profile (argon2id 19 MiB, t=2: 20 ms of CPU each) and the service
 verified passwords (CCDR_VERIFIED_KEY); the cache is warmed for every agent first, as their
 logins within the last week would have left it.
 
+CCDR_BENCH_PHONES_FIRST=1: the phones are registered before the storm, as desk phones that stay
+registered all day are: each login's CTI registration (QueueAdd, read-back) then runs during
+the storm, in the same services, instead of after it.
+
 Run as root with the lab up:  python bench/bench_login_storm.py [N] [CONCURRENCY]
 (brings the lab to N phones per site; uses a scratch database and Redis db 15).
 """
@@ -63,6 +67,7 @@ PORTS = {"a": 18081, "b": 18082}
 CCDR = str(Path(sys.executable).parent / "ccdr")
 WORKERS = int(os.environ.get("CCDR_BENCH_WORKERS", "1"))  # login-service processes per site
 RETURNING = os.environ.get("CCDR_BENCH_RETURNING") == "1"  # login-profile hashes, warm verification cache
+PHONES_FIRST = os.environ.get("CCDR_BENCH_PHONES_FIRST") == "1"  # phones registered before the storm
 
 
 def mac(i: int) -> str:
@@ -149,6 +154,10 @@ async def main(n: int, conc: int) -> None:
                         raise RuntimeError(f"agent{i:05d}: {resp.status} {body}")
                     bodies[i] = body
 
+            if PHONES_FIRST:  # each agent logs in at its own site (no rules; both PBXs up)
+                first = {s: [FIRST_EXTENSION + i for i in range(n) if site_of(i) == s] for s in ("a", "b")}
+                await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts) for s, exts in first.items()))
+                print("phones registered before the storm", flush=True)
             print(f"storm: {n} logins, {conc} in flight...", flush=True)
             t_start = time.perf_counter()
             with HostSpeed() as speed:
@@ -159,7 +168,8 @@ async def main(n: int, conc: int) -> None:
             by_site = {s: [FIRST_EXTENSION + i for i in range(n) if bodies[i]["site"] == s] for s in ("a", "b")}
             # Phones register where they were told (SIPp, 900/s per site: the shared notes put
             # Asterisk's own limit near 2,000/s with AMI listeners attached).
-            await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts) for s, exts in by_site.items()))
+            if not PHONES_FIRST:
+                await asyncio.gather(*(asyncio.to_thread(manager_register, s, exts) for s, exts in by_site.items()))
             t_registered = time.perf_counter() - t_start
             deadline = time.monotonic() + 120
             confirmed = 0
@@ -203,7 +213,8 @@ async def main(n: int, conc: int) -> None:
               f" max {max(lat) * 1000:.0f} ms"
               f" (mean {statistics.mean(lat) * 1000:.0f} ms)")
         print(f"  {speed.summary()}, during the login calls")
-        print(f"  all phones registered: {t_registered:.1f} s after the storm's start")
+        print("  all phones registered before the storm" if PHONES_FIRST else
+              f"  all phones registered: {t_registered:.1f} s after the storm's start")
         print(f"  CTI registration confirmed (read back by the service): {confirmed:,}/{n:,} at {t_cti:.1f} s")
         print(f"  read back through AMI by this bench: {readback:,}/{n:,} members at their login site")
         print(f"  logout of everyone: {t_logout:.1f} s")
