@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from agent_client.agent import AgentState
 from agent_client.sip.fleet import FleetSettings, PhoneFleet
+from bench.hostspeed import HostSpeed
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.settings import load_topology
 from lab import manager
@@ -90,7 +91,8 @@ async def one(n: int) -> None:
     sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
                   observe_s=max(30.0, n / 50), expect={"lost_agents": 0})
     d = Drill(sc)
-    rep = await d.run()
+    with HostSpeed() as drill_speed:
+        rep = await d.run()
     moves = [next((e.at for e in a.events if e.at >= d.t0 and e.state is AgentState.MOVING), None) for a in d.agents]
     moves_ = [m - d.t0 for m in moves if m is not None]
     first_move = min(moves_) if moves_ else float("nan")
@@ -102,7 +104,8 @@ async def one(n: int) -> None:
     for a in rep["slowest_agents"][:1]:
         print(f"  slowest agent, {a['account']}: " + "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip()
                                                           for t, st, site, detail in a["events"]), flush=True)
-    t_reg, t_add, raw = await raw_limit(n)
+    with HostSpeed() as raw_speed:
+        t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]
     print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"
           f" at both {rep['agents_at_both_sites']}"
@@ -110,6 +113,7 @@ async def one(n: int) -> None:
           f" | recovery p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s"
           f" | re-homing phase {rehoming:.2f} s vs raw {raw:.2f} s (register {t_reg:.2f} + add {t_add:.2f})"
           f" = {raw / rehoming * 100 if rehoming > 0 else float('nan'):.0f} % of raw speed", flush=True)
+    print(f"  drill's {drill_speed.summary()}; raw limit's {raw_speed.summary()}", flush=True)
 
 
 async def main(ns: list[int]) -> None:
