@@ -27,6 +27,7 @@ sites:
 timings:
   probe_interval_s: 0.25
   reconnect: {initial_s: 1, max_s: 10}
+  gc: {full_interval_s: 600}
 """
 
 FIVE_BAD = """
@@ -58,6 +59,7 @@ def test_good_file_parses(tmp_path: Path) -> None:
     assert t.timings.probe_interval_s == 0.25
     assert t.timings.probe_timeout_s == 1.0  # default from code
     assert t.timings.reconnect.max_s == 10
+    assert t.timings.gc.full_interval_s == 600 and t.timings.gc.young_threshold == 20_000  # the rest from code
 
 
 def test_five_distinct_errors_all_reported_by_path(tmp_path: Path) -> None:
@@ -129,3 +131,18 @@ def test_backoff_grows_and_caps() -> None:
     assert [b.delay(n) for n in range(6)] == [1, 2, 4, 8, 8, 8]
     j = Backoff(initial_s=1, max_s=8, factor=2, jitter=0.5)
     assert j.delay(0, rand=0.0) == 0.5 and j.delay(0, rand=0.999) < 1.5
+
+
+def test_gc_policy_is_part_of_the_timings_and_checked_by_path() -> None:
+    site = {"id": "a", "region": "east", "pbx": "asterisk", "ami": {"host": "10.0.0.1", "secret": {"env": "X"}},
+            "sip": {"host": "10.0.0.1"}, "login_url": "http://127.0.0.1:8081"}
+    with pytest.raises(ConfigError) as ei:
+        parse_topology({"sites": [site], "timings": {"gc": {"young_threshold": 5, "full_interval_s": 30,
+                                                            "defer_max_s": 60, "often": 1}}})
+    assert sorted(ei.value.problems) == [
+        "timings.gc.defer_max_s: must be <= full_interval_s (30.0), got 60.0",
+        "timings.gc.often: unknown field",
+        "timings.gc.young_threshold: must be 100..10000000, got 5",
+    ]
+    t = parse_topology({"sites": [site], "timings": {"gc": {"young_threshold": 50_000}}})
+    assert t.timings.gc.young_threshold == 50_000 and t.timings.gc.defer_max_s == 60.0

@@ -24,7 +24,6 @@ from controlplane.runtime.workers import run_workers
 from controlplane.settings import load_topology
 
 log = logging.getLogger(__name__)
-GC = gcpolicy.GcPolicy()  # see controlplane/runtime/gcpolicy.py: full collections scheduled, not mid-burst
 # The service reads phone registrations (ContactStatus, class "system") and link state from its
 # PBX events, nothing of class "agent": queue membership it reads back with QueueStatus. Every
 # registration also raised a QueueMemberStatus per queue the phone is in, and every add a
@@ -93,9 +92,11 @@ def serve(site_id: str, topology: str, bind: str | None, admin_token_env: str,
                 log.warning("%s", exc)
         authn = HttpAuthenticator(authenticator_url) if authenticator_url else None
         svc = LoginService(site.id, topo, PgDirectory(pool), pbx, redis, token, authenticator=authn,
-                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight, gc=GC,
+                           session_ttl_s=session_ttl_s, max_in_flight=max_in_flight, gc=topo.timings.gc,
                            verified_key=verified_key, verified_ttl_s=verified_ttl_s)
-        gcpolicy.install(GC)  # set up: what this process holds now is never scanned again
+        # Full collections scheduled, not mid-burst (controlplane/runtime/gcpolicy.py; the
+        # topology's timings.gc). Set up: what this process holds now is never scanned again.
+        gcpolicy.install(topo.timings.gc)
         await svc.serve(host, port, reuse_port=workers > 1, access_log=access_log)
         click.echo(f"login service for site {site.id} on http://{host}:{port} (pid {os.getpid()})", err=True)
         stop = asyncio.Event()

@@ -12,6 +12,7 @@ The policy: objects alive once a process is set up are frozen (never scanned aga
 Instagram does for its forked workers); young collections run rarely and stay cheap; full
 collections are not left to the allocation counters but run on a schedule
 (``full_interval_s``), put off while the process is busy (for ``defer_max_s`` at most).
+The numbers are the topology's ``timings.gc`` (``controlplane.settings.GcPolicy``).
 """
 
 from __future__ import annotations
@@ -20,26 +21,15 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from controlplane.runtime.clock import Clock
+from controlplane.settings.model import GcPolicy
+
+__all__ = ["NEVER", "GcPolicy", "full_collections", "install", "restore"]
 
 log = logging.getLogger(__name__)
 
 NEVER = 2**31 - 1  # a threshold the counters never reach: no automatic full collection
-
-
-@dataclass(frozen=True)
-class GcPolicy:
-    #: allocations (net) before a young collection: ~10 ms at most on this machine
-    young_threshold: int = 20_000
-    #: young collections before a middle one
-    middle_threshold: int = 20
-    #: a full collection this often (cyclic garbage that survived lives until then) ...
-    full_interval_s: float = 300.0
-    #: ... unless the process is busy, for this long at most
-    defer_max_s: float = 60.0
-    busy_poll_s: float = 1.0
 
 
 def install(policy: GcPolicy) -> tuple[int, int, int]:

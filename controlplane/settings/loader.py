@@ -22,6 +22,7 @@ from controlplane.settings.model import (
     AmiLink,
     Backoff,
     EslLink,
+    GcPolicy,
     SecretRef,
     SipRegistrar,
     Site,
@@ -180,6 +181,21 @@ def _backoff(r: _Reader, v: Any, path: str) -> Backoff:
     return b
 
 
+def _gc(r: _Reader, v: Any, path: str) -> GcPolicy:
+    d = GcPolicy()
+    m = r.mapping(v, path, _names(GcPolicy))
+    g = GcPolicy(
+        young_threshold=r.integer(m, path, "young_threshold", d.young_threshold, 100, 10_000_000),
+        middle_threshold=r.integer(m, path, "middle_threshold", d.middle_threshold, 1, 10_000),
+        full_interval_s=r.number(m, path, "full_interval_s", d.full_interval_s, 1, 86400),
+        defer_max_s=r.number(m, path, "defer_max_s", d.defer_max_s, 0, 86400),
+        busy_poll_s=r.number(m, path, "busy_poll_s", d.busy_poll_s, 0.01, 60),
+    )
+    if g.defer_max_s > g.full_interval_s:
+        r.bad(f"{path}.defer_max_s", f"must be <= full_interval_s ({g.full_interval_s}), got {g.defer_max_s}")
+    return g
+
+
 def _timings(r: _Reader, v: Any, path: str) -> Timings:
     d = Timings()
     m = r.mapping(v, path, _names(Timings))
@@ -193,6 +209,7 @@ def _timings(r: _Reader, v: Any, path: str) -> Timings:
         reconcile_timeout_s=r.number(m, path, "reconcile_timeout_s", d.reconcile_timeout_s, 1, 3600),
         max_in_flight=r.integer(m, path, "max_in_flight", d.max_in_flight, 1, 10000),
         reconnect=_backoff(r, m.get("reconnect"), _join(path, "reconnect")),
+        gc=_gc(r, m.get("gc"), _join(path, "gc")),
     )
 
 

@@ -94,6 +94,21 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class GcPolicy:
+    """The cyclic garbage collector in the long-lived processes (controlplane/runtime/gcpolicy.py)."""
+
+    #: allocations (net) before a young collection: ~10 ms at most on this machine
+    young_threshold: int = 20_000
+    #: young collections before a middle one
+    middle_threshold: int = 20
+    #: a full collection this often (cyclic garbage that survived lives until then) ...
+    full_interval_s: float = 300.0
+    #: ... unless the process is busy, for this long at most
+    defer_max_s: float = 60.0
+    busy_poll_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Timings:
     """Controller timings. The 2 s detection budget is probe_interval + probe_timeout."""
 
@@ -111,6 +126,7 @@ class Timings:
     reconcile_timeout_s: float = 60.0
     max_in_flight: int = 16
     reconnect: Backoff = field(default_factory=Backoff)
+    gc: GcPolicy = field(default_factory=GcPolicy)
 
 
 @dataclass(frozen=True)

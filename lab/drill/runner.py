@@ -245,7 +245,7 @@ class Drill:
             ready_before = sum(self.ready.values())
             # The simulator under the services' GC policy while it is measured: 3,000 agents'
             # state rescanned by full collections paused it 5 s in the minute after a fault.
-            gc_restore = gcpolicy.install(gcpolicy.GcPolicy())
+            gc_restore = gcpolicy.install(load_topology(self.topology).timings.gc)
             self.t0 = time.monotonic()
             samples: list[dict[str, Any]] = []
 
