@@ -46,7 +46,6 @@ class HostSpeed:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        time.sleep(0.01)
         self._proc.terminate()
         out, _ = self._proc.communicate(timeout=5)
         self.samples = [float(x) for x in out.split()]

@@ -7,6 +7,7 @@ import subprocess
 from importlib import resources
 
 from controlplane.errors import LabError
+from lab.asterisk_site import rx
 from lab.layout import HOST_ADDRESS, PHONE_BASE_PORT, PHONES_BASE_PORT, SIP_PORT, SiteSpec, phone_password
 from lab.system import require_tool
 
@@ -67,6 +68,4 @@ def register_many(site: SiteSpec, extensions: list[int], expires: int = 300, rat
 def registered(site: SiteSpec) -> list[int]:
     """The lab extensions with a contact at ``site`` now (Asterisk's CLI: one call, where AMI's
     PJSIPShowContacts costs seconds per thousand)."""
-    from lab.asterisk_site import rx
-
     return sorted({int(m) for m in re.findall(r"^\s*Contact:\s+(\d+)/sip:", rx(site, "pjsip show contacts"), re.M)})
