@@ -58,7 +58,7 @@ LOGIN_PORTS = {"a": 18281, "b": 18282}
 # every event it is subscribed to; in a mass move the survivor's Asterisk spent 59 % of its
 # time in the kernel switching threads (perf, session 13), and the move's service work is
 # light (one worker of two was 25 % busy). One process per site: 5,000 agents 8.2-9.3 s
-# against 10.2-13.5 s with two, 10,000 in 23.7 s against 28.8 s (docs/BENCHMARKS.md).
+# against 10.2-14.1 s with two, 10,000 in 21.7-26.8 s against 28.8 s (docs/BENCHMARKS.md).
 LOGIN_WORKERS = 1
 READY = (AgentState.READY, AgentState.SUSPECT)
 LOGIN_RAMP = 100.0  # agents starting per second before the faults (250/s overloaded the lab at 5,000)
