@@ -53,9 +53,9 @@ Progress = Callable[[str, int, int], None]
 ADMIN_PG = os.environ.get("CCDR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_DB = 14
 LOGIN_PORTS = {"a": 18281, "b": 18282}
-# Processes per site's login service. One: every process holds its own AMI event session to
-# every site, and Asterisk wakes each session's thread (a signal, then a poll return) for
-# every event it is subscribed to; in a mass move the survivor's Asterisk spent 59 % of its
+# Processes per site's login service. One: every process holds its own AMI sessions to every
+# site, and Asterisk wakes each session's thread for every event, subscribed or not
+# (bench/bench_ami_sessions.py); in a mass move the survivor's Asterisk spent 59 % of its
 # time in the kernel switching threads (perf, session 13), and the move's service work is
 # light (one worker of two was 25 % busy). One process per site: 5,000 agents 8.2-9.3 s
 # against 10.2-14.1 s with two, 10,000 in 21.7-26.8 s against 28.8 s (docs/BENCHMARKS.md).
