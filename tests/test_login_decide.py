@@ -81,8 +81,8 @@ async def test_rate_limit_reads_in_flight_go_together_each_answer_its_own(redis_
     for _ in range(2):
         await rl.failed("mallory", "10.0.0.1")
     await rl.failed("eve", "10.0.0.9")
-    for _ in range(2):
-        await rl.failed(f"typo{_}", "10.0.0.9")  # 10.0.0.9: three failures, at its limit
+    for i in range(2):
+        await rl.failed(f"typo{i}", "10.0.0.9")  # 10.0.0.9: three failures, at its limit
     before = rl.reads.batches
     asked = [("mallory", "10.0.0.2"), ("bob", "10.0.0.1"), ("carol", "10.0.0.9"), ("eve", "10.0.0.3")] * 25
     got = await asyncio.gather(*(rl.blocked(a, s) for a, s in asked))
