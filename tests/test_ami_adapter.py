@@ -199,6 +199,23 @@ async def test_a_killed_pbx_is_reported_refused_a_frozen_one_is_not(fake: FakeAm
         await c.close()
 
 
+async def test_a_killed_pbx_whose_listener_still_accepts_is_refused(fake: FakeAmi) -> None:
+    """Killed Asterisk closes its sessions a few milliseconds before its listener (lab: 2
+    kills in 5): the knock is accepted, then closed without a banner. That is the process
+    going away, not a live PBX."""
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        fake.dying = True
+        fake.drop_all()
+        ev = await next_event(events, EventKind.PBX_DOWN, within=2)
+        assert ev.data["refused"] is True and c.refused
+    finally:
+        await events.aclose()
+        await c.close()
+
+
 async def test_a_link_closed_by_a_live_pbx_is_not_refused(fake: FakeAmi) -> None:
     c = client(fake)
     await c.start()

@@ -190,6 +190,18 @@ async def test_killed_server_is_refused_a_disconnect_notice_is_not(fake: FakeFre
         await c.close()
 
 
+async def test_a_killed_server_whose_listener_still_accepts_is_refused(fake: FakeFreeswitch) -> None:
+    c = await _client(fake)
+    q = c.events().queue
+    try:
+        fake.dying = True  # the knock is accepted, then closed before auth/request
+        await fake.disconnect()
+        ev = await _next(q, EventKind.PBX_DOWN)
+        assert ev.data["refused"] is True and c.refused
+    finally:
+        await c.close()
+
+
 async def test_silent_server_goes_unreachable_and_inflight_fails(
     fake: FakeFreeswitch,
 ) -> None:

@@ -32,6 +32,9 @@ class FakeAmi:
     #: legacy regex, only "legacy", or "none" (an AMI user without the system permission)
     filters: str = "advanced"
     close_on: str | None = None  # close the connection when this action arrives
+    #: close new connections before the banner (a killed Asterisk whose listener outlives
+    #: its sessions for a few milliseconds)
+    dying: bool = False
     slow: dict[str, float] = field(default_factory=dict)  # action -> seconds the session is busy
     members: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
     contacts: dict[str, str] = field(default_factory=dict)  # endpoint -> uri
@@ -82,6 +85,9 @@ class FakeAmi:
             await w.drain()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.dying:
+            writer.close()
+            return
         self.connections += 1
         self.writers.append(writer)
         writer.write(BANNER)

@@ -64,6 +64,7 @@ class FakeFreeswitch:
         self.password = password
         self.commands: list[str] = []  # every command received, in order
         self.silent = False  # read but never answer (a frozen FreeSWITCH)
+        self.dying = False  # close new connections before the greeting (a killed one's last ms)
         self.event_format: str | None = None
         self.api_answers: dict[str, str] = {
             "status": "UP 0 years, 0 days, 0 hours, 1 minute\nFreeSWITCH is ready\n",
@@ -118,6 +119,9 @@ class FakeFreeswitch:
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.dying:
+            writer.close()
+            return
         self.connections += 1
         self._writers.append(writer)
         me = asyncio.current_task()

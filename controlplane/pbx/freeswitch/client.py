@@ -291,15 +291,25 @@ class FreeswitchClient(PbxClient):
 
     async def _refuses(self) -> bool:
         """Whether the ESL port refuses a new connection now (the process is gone); see
-        PbxClient.refused. A connection that opens is closed at once."""
+        PbxClient.refused. A connection closed before FreeSWITCH's greeting (its
+        ``auth/request``) counts as refused: a killed process's listener can outlive its
+        sessions by milliseconds (seen with Asterisk in the lab; AsteriskClient._refuses).
+        No greeting within ``refusal_check_s`` is not certain either way."""
+        writer: Writer | None = None
         try:
-            _, writer = await asyncio.wait_for(self._connect(), self.timings.refusal_check_s)
+            async with asyncio.timeout(self.timings.refusal_check_s):
+                reader, writer = await self._connect()
+                try:
+                    return not await reader.read(1)
+                except ConnectionResetError:
+                    return True
         except ConnectionRefusedError:
             return True
         except (OSError, TimeoutError):
             return False
-        writer.close()
-        return False
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def _session(self, reader: Reader, writer: Writer) -> bool:
         parser = EslParser()
