@@ -5,10 +5,12 @@ shows the defect itself on plain panoramisk where that can be done in-process.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import panoramisk.utils
@@ -20,6 +22,7 @@ from panoramisk.message import Message
 
 from controlplane.errors import LinkLost, PbxAuthError, PbxCommandError
 from controlplane.pbx.asterisk import AsteriskClient
+from controlplane.pbx.asterisk.client import SLOW_PING_GRACE
 from controlplane.pbx.base import EventKind, LinkState, PbxEvent
 from controlplane.runtime.clock import RealClock
 from controlplane.settings import AmiLink, Backoff, SecretRef, Timings
@@ -255,7 +258,7 @@ async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_whi
 
 async def test_slow_action_does_not_make_a_healthy_pbx_look_dead(fake: FakeAmi) -> None:
     """AMI answers a session's actions in order; PJSIPShowContacts took 2.4 s for 1,000
-    contacts on Asterisk 22. Liveness Pings go on their own session, so they are not
+    contacts on Asterisk 22, silent. It runs on a side session, so the link's Pings are not
     stuck behind it."""
     c = client(fake)
     await c.start()
@@ -269,6 +272,99 @@ async def test_slow_action_does_not_make_a_healthy_pbx_look_dead(fake: FakeAmi) 
     finally:
         await events.aclose()
         await c.close()
+
+
+async def test_one_session_carries_events_commands_and_pings(fake: FakeAmi) -> None:
+    """Asterisk wakes every AMI session's thread for every event it publishes, subscribed or
+    not (bench/bench_ami_sessions.py): the link is one session, not one for events and one
+    for Pings."""
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        await asyncio.sleep(3 * FAST.probe_interval_s)
+        assert len(fake.actions("Ping")) >= 2
+        await c.queue_add("sales", "PJSIP/1001")
+        await fake.push([("Event", "DeviceStateChange"), ("Device", "PJSIP/1001"), ("State", "INUSE")])
+        await next_event(events, EventKind.DEVICE_STATE)
+        # The link's session, and the reconcile's PJSIPShowContacts on a side session.
+        assert [f["Events"] for f in fake.actions("Login")] == ["system,agent", "off"]
+        assert fake.connections == 2 and len(fake.writers) == 1
+    finally:
+        await events.aclose()
+        await c.close()
+
+
+async def test_long_silent_actions_run_on_a_side_session_closed_after(fake: FakeAmi) -> None:
+    c = client(fake)
+    await c.start()
+    try:
+        fake.contacts = {"1001": "sip:1001@10.0.0.5:5060"}
+        assert [ct.endpoint for ct in await c.contacts()] == ["1001"]
+        await c.reload("app_queue.so")
+        assert c.side_sessions == 3 and fake.connections == 4  # the reconcile's read, and these two
+        logins = fake.actions("Login")
+        assert [f["Events"] for f in logins] == ["system,agent", "off", "off", "off"]
+        for _ in range(50):  # each side session is closed once its action is answered
+            if len(fake.writers) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(fake.writers) == 1
+        await c.queue_add("sales", "PJSIP/1001")  # the rest stays on the link's session
+        assert fake.connections == 4
+    finally:
+        await c.close()
+
+
+@contextlib.contextmanager
+def fake_in_a_thread() -> Iterator[FakeAmi]:
+    """A FakeAmi on its own event loop in a thread: it answers while ours is blocked."""
+    fake = FakeAmi()
+    started = threading.Event()
+    stop: list[asyncio.Event] = []
+
+    async def serve() -> None:
+        await fake.start()
+        stop.append(asyncio.Event())
+        started.set()
+        await stop[0].wait()
+        await fake.stop()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(5)
+    try:
+        yield fake
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(5)
+        loop.close()
+
+
+async def test_a_pong_read_late_by_a_busy_event_loop_is_not_a_timeout() -> None:
+    """A login storm can keep our event loop from handing a Pong over before the timer
+    fires, though Asterisk answered at once; seen in a 10,000-phone storm. A Pong read in
+    the same loop turn as the timer fires counts as an answer, again and again, with no
+    events streaming that would cover it."""
+    with fake_in_a_thread() as fake:
+        c = client(fake)
+        real_submit = c._submit
+
+        def submit_then_block(name: str, fields: list[tuple[str, str]], **kw: Any) -> Any:
+            fut = real_submit(name, fields, **kw)
+            if name == "Ping":  # after this turn's write, the loop is stuck past the probe timeout
+                asyncio.get_running_loop().call_soon(time.sleep, 1.5 * FAST.probe_timeout_s)
+            return fut
+
+        c._submit = submit_then_block  # type: ignore[method-assign]
+        await c.start()
+        try:
+            await asyncio.sleep((SLOW_PING_GRACE + 3) * FAST.probe_timeout_s * 2)  # ~8 blocked Pings
+            assert c.slow_pings > SLOW_PING_GRACE
+            assert c.state is LinkState.UP and c.reconnects == 0
+        finally:
+            await c.close()
 
 
 # 3. a bad password retries forever in silence ---------------------------------------------
@@ -387,7 +483,7 @@ async def test_defect6_fixed_failing_subscriber_does_not_touch_the_link(fake: Fa
         assert ev.data == {"device": "PJSIP/1001", "state": "INUSE"}
         with pytest.raises(RuntimeError):
             await bad
-        assert c.state is LinkState.UP and fake.connections == 2  # command + probe sessions
+        assert c.state is LinkState.UP and sum(f["Events"] != "off" for f in fake.actions("Login")) == 1
         assert await c.ping() >= 0
     finally:
         await good.aclose()

@@ -57,7 +57,7 @@ async def test_ami_replay_drives_the_adapter() -> None:
         await asyncio.sleep(0.01)
     assert c.members and all(m.interface for q in c.members.values() for m in q.values())
     actions = [f["Action"] for f in rep.served]
-    assert actions.count("Login") == 2 and "QueueStatus" in actions  # command and probe sessions
+    assert actions.count("Login") == 2 and "QueueStatus" in actions  # the link, and PJSIPShowContacts aside
     await c.close()
     await asyncio.wait_for(task, 2)
 

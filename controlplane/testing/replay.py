@@ -55,7 +55,8 @@ class AmiReplay:
         self.used: set[int] = set()
 
     def fresh(self) -> AmiReplay:
-        """The same trace for another connection (ccdr's adapter opens two sessions)."""
+        """The same trace for another connection (ccdr's adapter opens a side session for long
+        actions such as PJSIPShowContacts)."""
         twin = AmiReplay(b"")
         twin.banner, twin.frames, twin.served = self.banner, self.frames, self.served
         return twin
@@ -168,7 +169,7 @@ class EslReplay:
 async def serve_once(replay: AmiReplay | EslReplay, host: str, port: int,
                      ready: asyncio.Future[int] | None = None) -> None:
     """Serve the trace to one client (each of its connections gets the whole trace;
-    ccdr's AMI adapter opens a command and a probe session); return when the first
+    ccdr's AMI adapter opens a side session for long actions); return when the first
     connection closes."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     first = True

@@ -3,7 +3,10 @@
 Link lifecycle (task ``ami-<site>``): connect -> Login -> UP -> reconcile
 (QueueStatus, PJSIPShowContacts) -> liveness (Ping every probe_interval_s,
 answer within probe_timeout_s) -> on any loss: UNREACHABLE, PBX_DOWN, pending
-commands fail with LinkLost, reconnect after our backoff. A link Asterisk closed is
+commands fail with LinkLost, reconnect after our backoff. One AMI session carries the
+events, the commands and the Pings (Asterisk wakes every session's thread for every event
+it publishes, subscribed or not: bench/bench_ami_sessions.py); actions that keep a session
+silent for seconds (SIDE_SESSION) run on a session of their own, opened for them. A link Asterisk closed is
 checked first: a port that refuses a new connection means the process is gone
 (``refused``, in PBX_DOWN's data). A refused Login is
 AUTH_FAILED: reported once (event, log, exception from ``start``), not retried.
@@ -51,6 +54,14 @@ log = logging.getLogger(__name__)
 Connector = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[tuple[asyncio.BaseTransport, Any]]]
 
 IDEMPOTENT = frozenset({"Ping", "QueueStatus", "PJSIPShowContacts", "Reload"})
+# Actions that keep their session silent while they run: Asterisk builds
+# PJSIPShowContacts' list before sending any of it (2.4 s for 1,000 contacts on Asterisk
+# 22), a res_pjsip reload takes 6.3 s at 22,000 endpoints (shared notes), a CLI command may
+# take anything. A session answers its actions in order and sends its events between them,
+# so on the link's own session they would hold up its Pings and events and make a busy PBX
+# look dead: each runs on a short-lived session of its own (Events: off), opened and
+# closed around it.
+SIDE_SESSION = frozenset({"PJSIPShowContacts", "Reload", "Command"})
 # Events the controller needs; "Events: on" would also bring ~5 test and security
 # events per REGISTER (shared notes, "Registration").
 DEFAULT_EVENT_MASK = "system,agent"
@@ -98,9 +109,9 @@ class AsteriskClient(PbxClient):
         self.clock = clock or RealClock()
         self._state = LinkState.CONNECTING
         self._proto: CcdrAmiProtocol | None = None
-        self._probe_proto: CcdrAmiProtocol | None = None
         self._last_pong = time.monotonic()
         self.slow_pings = 0  # Pings answered late while events kept flowing (see _probe)
+        self.side_sessions = 0  # sessions opened for one SIDE_SESSION action (tests, metrics)
         self._lost: asyncio.Event = asyncio.Event()
         self._up: asyncio.Event = asyncio.Event()
         self.refused = False
@@ -247,16 +258,15 @@ class AsteriskClient(PbxClient):
             await self.clock.sleep(delay)
 
     def _drop(self) -> None:
-        for proto in (self._proto, self._probe_proto):
-            if proto is not None:
-                proto.close()  # pending commands fail with LinkLost
-        self._proto = self._probe_proto = None
+        if self._proto is not None:
+            self._proto.close()  # pending commands fail with LinkLost
+        self._proto = None
 
     async def _open(self, events: str, lost: asyncio.Event) -> CcdrAmiProtocol:
         """Connect and log in one AMI session."""
 
         def factory() -> CcdrAmiProtocol:
-            # Only the command session feeds events and the raw tap.
+            # Only the link's own session feeds events and the raw tap.
             if events == "off":
                 return CcdrAmiProtocol(lambda f: None, lambda exc: lost.set(), self._on_bad_frame)
             return CcdrAmiProtocol(self._on_frame, lambda exc: lost.set(), self._on_bad_frame, self._tap)
@@ -303,12 +313,15 @@ class AsteriskClient(PbxClient):
                 return
 
     async def _connect_and_login(self) -> None:
-        """Two sessions: commands and events on one, liveness Pings on the other.
+        """One session: events, commands and Pings.
 
-        AMI answers one session's actions in order, so a Ping behind a long action
-        (PJSIPShowContacts: 2.4 s for 1,000 contacts on Asterisk 22, silent while it
-        builds the list) would be late on a busy but healthy PBX. The probe session
-        carries nothing else, so its Ping is late only when the PBX itself is stuck.
+        Until session 13 the Pings had a session of their own, so that a Ping was never
+        queued behind a long action. That second session cost Asterisk as much as the event
+        session (each is a thread woken for every event: bench/bench_ami_sessions.py, 2,000
+        registrations took 2.2-2.8 s of Asterisk's CPU with one session, 4.3-5.2 s with eight
+        more that asked for no events). The long silent actions now run on side sessions
+        (SIDE_SESSION); what stays here answers or streams within a probe timeout on a
+        healthy PBX, and _probe tells a busy one from a dead one.
         """
         if self._state is not LinkState.UP:
             self._set_state(LinkState.CONNECTING)
@@ -316,7 +329,6 @@ class AsteriskClient(PbxClient):
         self._lost = lost
         self._booted.clear()
         self._proto = await self._open(self.event_mask, lost)
-        self._probe_proto = await self._open("off", lost)
         self._last_pong = time.monotonic()
         # A restarting Asterisk accepts AMI logins before its modules are loaded
         # ("Invalid/unknown command: QueueStatus" right after `ccdr lab start`): the
@@ -350,30 +362,33 @@ class AsteriskClient(PbxClient):
             await self._probe()
 
     async def _probe(self) -> None:
-        """One Ping on the probe session; no answer within probe_timeout_s: the PBX is gone.
+        """One Ping; no answer within probe_timeout_s: the PBX is gone.
 
-        Unless the event session is still streaming: in a registration storm (10,000
-        phones at ~1,800 REGISTER/s on this 2-core lab) Asterisk answered Ping after more
-        than a second while sending thousands of events a second, and dropping the link
-        then failed every CTI registration in flight. A frozen, killed or cut-off Asterisk
-        sends nothing on any session, so this does not slow their detection. The grace
-        is bounded: no Pong for SLOW_PING_GRACE probe timeouts ends the link anyway."""
+        Unless the session is still streaming: in a registration storm (10,000 phones at
+        ~1,800 REGISTER/s on this 2-core lab) Asterisk answered Ping after more than a
+        second while sending thousands of events a second (a session's thread sends the
+        events queued for it before it reads the next action), and dropping the link then
+        failed every CTI registration in flight. A frozen, killed or cut-off Asterisk sends
+        nothing, so this does not slow their detection. The grace is bounded: no Pong for
+        SLOW_PING_GRACE probe timeouts ends the link anyway."""
         t = self.timings
-        sent = time.monotonic()
+        proto = self._proto
+        if proto is None or proto.closed:
+            raise LinkLost(f"site {self.site}: AMI connection closed")
+        fut = self._submit("Ping", [], as_list=False, proto=proto)
         try:
-            await self._send("Ping", [], timeout_s=t.probe_timeout_s, proto=self._probe_proto)
+            async with asyncio.timeout(t.probe_timeout_s):
+                await fut
             self._last_pong = time.monotonic()
         except TimeoutError:
             now = time.monotonic()
-            probe = self._probe_proto
-            if probe is not None and probe.last_rx >= sent:
-                # The answer reached our socket in time; our own event loop was too busy
-                # (a login storm) to hand it over before the timer fired. Not the PBX's fault.
-                self._last_pong = probe.last_rx
+            if fut.done() and not fut.cancelled():
+                # The Pong was read in the loop turn the timer fired in: our own event loop
+                # was too busy (a login storm) to hand it over in time. Not the PBX's fault.
+                self._last_pong = now
                 self.slow_pings += 1
                 return
-            proto = self._proto
-            streaming = proto is not None and now - proto.last_rx < t.probe_timeout_s
+            streaming = now - proto.last_rx < t.probe_timeout_s
             if streaming and now - self._last_pong < SLOW_PING_GRACE * t.probe_timeout_s:
                 self.slow_pings += 1
                 log.info("site %s: Ping slower than %.1f s while events still flow; not dropping the link",
@@ -384,7 +399,7 @@ class AsteriskClient(PbxClient):
     async def _reconcile(self) -> None:
         """Re-read what the PBX holds. A part that cannot be read (an Error reply from a
         PBX without app_queue or PJSIP, or a list slower than reconcile_timeout_s) stays
-        as it was and is logged; it does not drop a link the probe session finds alive."""
+        as it was and is logged; it does not drop a link the Pings find alive."""
         t = self.timings.reconcile_timeout_s
         # Events that arrive while a list is read are newer than the list: they are
         # re-applied on top of it, or a phone registering during the read would vanish.
@@ -456,8 +471,8 @@ class AsteriskClient(PbxClient):
 
     # --- commands --------------------------------------------------------------
 
-    async def _send(self, name: str, fields: list[tuple[str, str]], *, as_list: bool = False,
-                    timeout_s: float | None = None, proto: CcdrAmiProtocol | None = None) -> Any:
+    def _submit(self, name: str, fields: list[tuple[str, str]], *, as_list: bool,
+                proto: CcdrAmiProtocol | None) -> asyncio.Future[Any]:
         proto = proto or self._proto
         if proto is None or proto.closed:
             raise LinkLost(f"site {self.site}: AMI connection closed")
@@ -467,12 +482,29 @@ class AsteriskClient(PbxClient):
                 data[k] = [*data[k], v] if isinstance(data[k], list) else [data[k], v]
             else:
                 data[k] = v
-        action = Action(data, as_list=as_list)
-        fut = proto.send(action, as_list=as_list)
+        return proto.send(Action(data, as_list=as_list), as_list=as_list)
+
+    async def _send(self, name: str, fields: list[tuple[str, str]], *, as_list: bool = False,
+                    timeout_s: float | None = None, proto: CcdrAmiProtocol | None = None) -> Any:
+        fut = self._submit(name, fields, as_list=as_list, proto=proto)
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
         # that lands as the reply arrives, and close() would then wait forever.
         async with asyncio.timeout(timeout_s or self.timings.command_timeout_s):
             return await fut
+
+    async def _send_aside(self, name: str, fields: list[tuple[str, str]], *, as_list: bool,
+                          timeout_s: float | None) -> Any:
+        """One action on a session of its own (SIDE_SESSION), closed after it."""
+        try:
+            proto = await self._open("off", asyncio.Event())
+        except (OSError, TimeoutError) as exc:
+            raise PbxUnreachable(f"site {self.site}: cannot open an AMI session for {name}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        self.side_sessions += 1
+        try:
+            return await self._send(name, fields, as_list=as_list, timeout_s=timeout_s, proto=proto)
+        finally:
+            proto.close()
 
     async def command(self, name: str, fields: list[tuple[str, str]] | None = None, *,
                       as_list: bool = False, timeout_s: float | None = None) -> Any:
@@ -488,7 +520,10 @@ class AsteriskClient(PbxClient):
                 await self.wait_up(self.timings.command_timeout_s)
             async with self._sem:
                 try:
-                    res = await self._send(name, fields or [], as_list=as_list, timeout_s=timeout_s)
+                    if name in SIDE_SESSION:
+                        res = await self._send_aside(name, fields or [], as_list=as_list, timeout_s=timeout_s)
+                    else:
+                        res = await self._send(name, fields or [], as_list=as_list, timeout_s=timeout_s)
                 except LinkLost:
                     if name in IDEMPOTENT and attempt == 0:
                         self._up.clear()  # this link is gone even if the link task has not noticed yet
