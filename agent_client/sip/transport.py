@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import secrets
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +32,13 @@ Addr = tuple[str, int]
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
 RECEIVE_BUFFER = 32 * 1024 * 1024
 DRAIN_MAX = 1000  # datagrams read per wake-up at most
+# ICMP errors about datagrams we sent (Linux, ip(7) IP_RECVERR): struct sock_extended_err.
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+SO_EE_ORIGIN_ICMP = 2
+ICMP_DEST_UNREACH = 3
+_EXTENDED_ERR = struct.Struct("=IBBBxII")  # ee_errno, ee_origin, ee_type, ee_code, pad, ee_info, ee_data
+_BRANCH = re.compile(rb"branch=([^;,\s]+)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,12 @@ class SipTimeout(PbxUnreachable):
     """No final response before Timer F fired."""
 
 
+class SipUnreachable(SipTimeout):
+    """The kernel reported an ICMP destination-unreachable for the request (a registrar's
+    port with nothing listening: its Asterisk was killed). RFC 3261 §18.4 and §17.1.4: a
+    transport error ends the transaction at once, without waiting for Timer F."""
+
+
 class SipTransportClosed(SipTimeout):
     """The transport was closed: no request can be sent or answered any more."""
 
@@ -103,6 +119,7 @@ class TransportStats:
     malformed: int = 0
     unmatched: int = 0
     timeouts: int = 0
+    unreachable: int = 0  # transactions ended by an ICMP destination-unreachable
     last_error: str = ""
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -151,6 +168,12 @@ class SipTransport(asyncio.DatagramProtocol):
             except OSError:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            # The ICMP errors our datagrams cause, with the datagram they are about: a
+            # killed registrar's port unreachable ends its transactions at once (RFC 3261
+            # §18.4) instead of after the probe's timeout. Without it, an unconnected UDP
+            # socket hears nothing of them.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             sock.bind((host, port))
         except BaseException:
             sock.close()
@@ -184,11 +207,49 @@ class SipTransport(asyncio.DatagramProtocol):
             try:
                 data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 self.error_received(exc)
                 continue
             self.datagram_received(data, addr)
+        # Every wake-up, not only after recvfrom reported an error: a sendto can take the
+        # socket's pending error first, and a non-empty error queue keeps the socket
+        # readable (EPOLLERR) while recvfrom finds nothing: the loop would spin.
+        self._drain_errors(sock)
+
+    def _drain_errors(self, sock: socket.socket) -> None:
+        for _ in range(DRAIN_MAX):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(2048, 512, MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # no error queue here (not Linux)
+                self.stats.last_error = type(exc).__name__
+                return
+            for level, kind, payload in ancdata:
+                if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(payload) < _EXTENDED_ERR.size:
+                    continue
+                errno_, origin, icmp_type, _code, _info, _data = _EXTENDED_ERR.unpack_from(payload)
+                if origin == SO_EE_ORIGIN_ICMP and icmp_type == ICMP_DEST_UNREACH:
+                    self._unreachable(data, (str(addr[0]), int(addr[1])), errno_)
+
+    def _unreachable(self, quoted: bytes, addr: Addr, errno_: int) -> None:
+        """End the transaction whose datagram an ICMP unreachable quotes (the start of the
+        request, up to ~500 bytes: its top Via and branch come first)."""
+        m = _BRANCH.search(quoted)
+        if m is None:
+            return
+        branch = m.group(1).decode("ascii", "replace")
+        tx = self._tx.get(branch)
+        if tx is None or tx.addr != addr:
+            return
+        del self._tx[branch]
+        self._finish(tx)
+        self.stats.unreachable += 1
+        if not tx.future.done():
+            method = quoted.split(b" ", 1)[0].decode("ascii", "replace")
+            tx.future.set_exception(
+                SipUnreachable(f"{method} to {addr[0]}:{addr[1]}: {os.strerror(errno_)} (ICMP)"))
 
     @property
     def clock(self) -> Clock:

@@ -64,9 +64,10 @@ async def raw_limit(n: int) -> tuple[float, float, float]:
 
 
 def phases(d: Drill) -> str:
-    """Each moved agent's recovery split at its events: confirmed (MOVING), moved (the move
-    answered: REGISTERING), line registered and channel open (AWAITING_CTI), CTI (READY)."""
-    cols: dict[str, list[float]] = {"confirm": [], "move": [], "line": [], "cti": []}
+    """Each moved agent's recovery split at its events: the fault noticed (first SUSPECT, from
+    the fault), confirmed (MOVING, from the fault), moved (the move answered: REGISTERING),
+    line registered and channel open (AWAITING_CTI), CTI (READY)."""
+    cols: dict[str, list[float]] = {"suspect": [], "confirm": [], "move": [], "line": [], "cti": []}
     for a in d.agents:
         ev = [e for e in a.events if e.at >= d.t0]
         m = max((i for i, e in enumerate(ev) if e.state is AgentState.MOVING), default=None)
@@ -77,6 +78,7 @@ def phases(d: Drill) -> str:
         t_reg, t_cti, t_ready = at
         if t_reg is None or t_cti is None or t_ready is None:
             continue
+        cols["suspect"].append(next((e.at for e in ev if e.state is AgentState.SUSPECT), ev[m].at) - d.t0)
         cols["confirm"].append(ev[m].at - d.t0)
         cols["move"].append(t_reg - ev[m].at)
         cols["line"].append(t_cti - t_reg)
@@ -104,6 +106,11 @@ async def one(n: int) -> None:
     for a in rep["slowest_agents"][:1]:
         print(f"  slowest agent, {a['account']}: " + "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip()
                                                           for t, st, site, detail in a["events"]), flush=True)
+    if d.transport is not None:
+        now, then = d.transport.stats, d.sip_at_fault
+        print("  the simulator's SIP socket after the fault: " + ", ".join(
+            f"{k} {getattr(now, k) - getattr(then, k)}"
+            for k in ("sent", "received", "retransmissions", "timeouts", "unreachable")), flush=True)
     with HostSpeed() as raw_speed:
         t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]

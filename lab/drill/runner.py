@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -36,7 +37,7 @@ import yaml
 
 from agent_client.agent import Agent, AgentEvent, AgentState, AgentTimings
 from agent_client.sip.fleet import TokenBucket
-from agent_client.sip.transport import SipTransport
+from agent_client.sip.transport import SipTransport, TransportStats
 from controlplane.errors import PbxError
 from controlplane.inventory.importer import import_files
 from controlplane.inventory.migrate import migrate
@@ -109,6 +110,8 @@ class Drill:
         self.broken: dict[str, set[str]] = {"a": set(), "b": set()}
         self.applied: list[dict[str, Any]] = []
         self.t0 = 0.0
+        self.transport: SipTransport | None = None
+        self.sip_at_fault = TransportStats()  # the SIP socket's counters when the faults began
         # Agents ready per site, kept up to date from their events: the timeline samples it
         # every 0.1 s, and counting 10,000 agents' states each time was a tenth of the
         # simulator's CPU (the process the drill measures) in a steady 3,000-agent run.
@@ -217,7 +220,7 @@ class Drill:
     async def run(self) -> dict[str, Any]:
         sc = self.sc
         await self.prepare()
-        transport = await SipTransport.open(HOST_ADDRESS, 0)
+        transport = self.transport = await SipTransport.open(HOST_ADDRESS, 0)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         bucket = TokenBucket(1500, 50, transport.clock.time)
         urls = [f"http://127.0.0.1:{LOGIN_PORTS[s]}" for s in (sc.home, sc.other)]
@@ -247,6 +250,7 @@ class Drill:
             # state rescanned by full collections paused it 5 s in the minute after a fault.
             gc_restore = gcpolicy.install(load_topology(self.topology).timings.gc)
             self.t0 = time.monotonic()
+            self.sip_at_fault = dataclasses.replace(transport.stats, by_status={})
             samples: list[dict[str, Any]] = []
 
             async def sample() -> None:

@@ -429,3 +429,48 @@ async def test_transport_drains_a_burst_in_one_wakeup_not_one_datagram_per_loop_
         assert t.stats.received == 500
     finally:
         t.close()
+
+
+def _closed_port() -> int:
+    import socket as _socket
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # closed again: the kernel answers datagrams to it with ICMP port unreachable
+
+
+def _options_via(t: SipTransport) -> SipMessage:
+    from agent_client.sip.transport import new_branch
+
+    m = SipMessage(method="OPTIONS", uri="sip:127.0.0.1")
+    m.add("Via", f"SIP/2.0/UDP {t.local_addr[0]}:{t.local_addr[1]};branch={new_branch()};rport")
+    m.add("CSeq", "1 OPTIONS")
+    m.add("Call-ID", "icmp-test")
+    return m
+
+
+async def test_a_port_nobody_listens_on_ends_the_transaction_at_once() -> None:
+    """A killed registrar's host answers with ICMP port unreachable: the transaction ends
+    then (RFC 3261 §18.4), not when the probe's timeout or Timer F fires. Only the
+    transaction that datagram belonged to; the socket stays usable."""
+    from agent_client.sip.transport import SipUnreachable
+
+    t = await SipTransport.open("127.0.0.1", 0)
+    peer = await SipTransport.open("127.0.0.1", 0)  # a live registrar: answers OPTIONS
+    peer.bind_user("", lambda msg, src: peer.send(response_to(msg, 200, "OK"), src))
+    try:
+        dead = ("127.0.0.1", _closed_port())
+        waiting = t.request(_options_via(t), peer.local_addr, timeout=30)
+        # Two at once: the second ICMP error may be taken by a sendto, and the error queue
+        # must still be drained (a readable socket with nothing to read would spin the loop).
+        gone = [t.request(_options_via(t), dead, timeout=30) for _ in range(2)]
+        for fut in gone:
+            with pytest.raises(SipUnreachable, match=rf"OPTIONS to 127.0.0.1:{dead[1]}: Connection refused"):
+                await asyncio.wait_for(fut, 5)  # Timer F here is 30 s
+        assert t.stats.unreachable == 2
+        assert (await asyncio.wait_for(waiting, 5)).status == 200  # untouched by the errors
+        assert t.pending == 0
+    finally:
+        t.close()
+        peer.close()
