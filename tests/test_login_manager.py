@@ -842,3 +842,45 @@ async def test_service_with_a_gc_policy_runs_the_scheduled_collection_and_knows_
         assert not svc.busy()
     finally:
         await svc.stop()
+
+
+async def test_a_mass_moves_queue_adds_wait_for_its_phones_registrations(
+        client: TestClient[Any, Any], env: Env) -> None:
+    """app_queue scans every member on each device state change: adding a moved agent's
+    members while the others' phones still register costs O(N^2) (login/wave.py). With
+    ``min_agents`` moved agents awaited at b, no QueueAdd goes there until fewer are."""
+    topo = parse_topology({"sites": [{"id": s.id, "region": s.region, "pbx": "asterisk",
+                                      "ami": {"host": s.ami.host if s.ami else ""}, "sip": {"host": s.sip.host},
+                                      "login_url": s.login_url} for s in TOPO.sites],
+                           "timings": {"move_wave": {"min_agents": 2}}})
+    bodies = []
+    for i in (3, 5, 7):
+        status, body = await _login(client, i)
+        assert status == 200
+        bodies.append(body)
+        await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint=str(2000 + i)))
+    await env.mgr.drain()
+    mgr_b = LoginManager("b", topo, env.dir, env.sessions, env.limiter, env.pbx, clock=env.clock, hasher=FAST)
+    env.pbx["a"].set_state(LinkState.UNREACHABLE)
+    for body in bodies:
+        await mgr_b.move(body["session_id"], body["token"])
+    wave = mgr_b.waves["b"]
+    assert wave.holding and wave.awaited == {"3003", "3005", "3007"}
+
+    def adds() -> list[str]:
+        return sorted({c[2] for c in env.pbx["b"].calls if c[0] == "QueueAdd"})
+
+    await mgr_b.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3003"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert adds() == [] and wave.holding  # two still awaited: the wave goes on
+    await mgr_b.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3005"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert adds() == ["PJSIP/3003", "PJSIP/3005"] and wave.released_by == "registered"
+    await mgr_b.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3007"))
+    await mgr_b.drain()
+    assert adds() == ["PJSIP/3003", "PJSIP/3005", "PJSIP/3007"]
+    for body in bodies:
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and (s.site, s.state) == ("b", "cti_registered")

@@ -146,3 +146,16 @@ def test_gc_policy_is_part_of_the_timings_and_checked_by_path() -> None:
     ]
     t = parse_topology({"sites": [site], "timings": {"gc": {"young_threshold": 50_000}}})
     assert t.timings.gc.young_threshold == 50_000 and t.timings.gc.defer_max_s == 60.0
+
+
+def test_move_wave_is_part_of_the_timings_and_checked_by_path() -> None:
+    site = {"id": "a", "region": "east", "pbx": "asterisk", "ami": {"host": "10.0.0.1", "secret": {"env": "X"}},
+            "sip": {"host": "10.0.0.1"}, "login_url": "http://127.0.0.1:8081"}
+    with pytest.raises(ConfigError) as ei:
+        parse_topology({"sites": [site], "timings": {"move_wave": {"min_agents": 0, "quiet_s": "soon"}}})
+    assert sorted(ei.value.problems) == [
+        "timings.move_wave.min_agents: must be 1..10000000, got 0",
+        "timings.move_wave.quiet_s: must be a number 0.01..600, got string 'soon'",
+    ]
+    t = parse_topology({"sites": [site], "timings": {"move_wave": {"max_hold_s": 30}}})
+    assert t.timings.move_wave.max_hold_s == 30 and t.timings.move_wave.min_agents == 100

@@ -32,6 +32,7 @@ from controlplane.login.ratelimit import LoginRateLimiter
 from controlplane.login.readback import ReadBack
 from controlplane.login.sessions import LiveSession, SessionStore
 from controlplane.login.verified import VerifiedPasswords
+from controlplane.login.wave import MoveWave
 from controlplane.names import normalize_mac
 from controlplane.pbx.base import EventKind, LinkState, PbxClient, PbxEvent
 from controlplane.runtime.clock import Clock, RealClock
@@ -139,6 +140,7 @@ class LoginManager:
         self._cti_tasks: set[asyncio.Future[object]] = set()
         self._readback: dict[str, ReadBack] = {}
         self._in_flight: dict[tuple[str, str], str] = {}  # (site, extension) -> session id
+        self.waves: dict[str, MoveWave] = {}  # site -> moved agents awaited there (login/wave.py)
 
     # --- login ---------------------------------------------------------------
 
@@ -285,12 +287,26 @@ class LoginManager:
         # Forget the old site's CTI work for this session in this service (the old site's
         # own service guards with the session's site when it gets there).
         self.pending[old.site].forget(old.extension, sid)
+        self._forget_wave(old.site, old.extension)
         self.pending[target.id].wait(line.extension, sid, self.clock.now())
         if line.extension in self.registered[target.id]:
             self.spawn(self._cti_register(target.id, line.extension))
+        else:
+            self._wave(target.id).expect(line.extension)
         self.spawn(self._left(old, target.id, line.extension))
         log.info("moved %s from %s to %s vaid %d ext %s", old.account, old.site, target.id, old.vaid, line.extension)
         return LoginResult(new, token, self._payload(new, token, target, line, "move"))
+
+    def _wave(self, site: str) -> MoveWave:
+        w = self.waves.get(site)
+        if w is None:
+            w = self.waves[site] = MoveWave(site, self.topology.timings.move_wave, self.clock)
+        return w
+
+    def _forget_wave(self, site: str, extension: str) -> None:
+        w = self.waves.get(site)
+        if w is not None:
+            w.forget(extension)
 
     def _away(self, current: str, away_from: str) -> Site:
         """Where a session fleeing ``away_from`` goes: nowhere if it is already elsewhere (a
@@ -385,6 +401,8 @@ class LoginManager:
         ep = str(ev.data.get("endpoint", ""))
         if ev.kind is EventKind.PHONE_REGISTERED and ep:
             self.registered[site].add(ep)
+            if (w := self.waves.get(site)) is not None:
+                w.registered(ep)
             if ep in self.pending[site].by_ext:
                 self.spawn(self._cti_register(site, ep))
         elif ev.kind is EventKind.PHONE_UNREGISTERED and ep:
@@ -441,6 +459,9 @@ class LoginManager:
         if sid is None:
             return
         self._in_flight[(site, extension)] = sid
+        wave = self.waves.get(site)
+        if wave is not None and wave.holding:
+            await wave.passage()  # a mass move's registrations first (login/wave.py)
         s = await self.sessions.get(sid)
         if s is None or s.site != site:  # ended, or moved to another site meanwhile
             return
@@ -493,6 +514,7 @@ class LoginManager:
 
     async def _cleanup(self, s: LiveSession, why: str) -> None:
         self.pending[s.site].forget(s.extension, s.id)
+        self._forget_wave(s.site, s.extension)
         # A session replaced by a new login of the same agent on the same phone at the same
         # site shares its queue members (same interface): removing them would pull the rug
         # from under the new session's CTI registration (seen in a 1,000-agent failover,
@@ -554,6 +576,8 @@ class LoginManager:
     async def drain(self, timeout_s: float | None = None) -> None:
         """Wait for in-flight CTI work (tests, shutdown); past ``timeout_s``, cancel what is
         left (a stop must not hang on a saturated PBX: seen with thousands of tasks queued)."""
+        for w in self.waves.values():
+            await w.close()  # held adds go now
         try:
             async with asyncio.timeout(timeout_s):
                 while self._cti_tasks:

@@ -23,6 +23,7 @@ from controlplane.settings.model import (
     Backoff,
     EslLink,
     GcPolicy,
+    MoveWave,
     SecretRef,
     SipRegistrar,
     Site,
@@ -196,6 +197,16 @@ def _gc(r: _Reader, v: Any, path: str) -> GcPolicy:
     return g
 
 
+def _move_wave(r: _Reader, v: Any, path: str) -> MoveWave:
+    d = MoveWave()
+    m = r.mapping(v, path, _names(MoveWave))
+    return MoveWave(
+        min_agents=r.integer(m, path, "min_agents", d.min_agents, 1, 10_000_000),
+        quiet_s=r.number(m, path, "quiet_s", d.quiet_s, 0.01, 600),
+        max_hold_s=r.number(m, path, "max_hold_s", d.max_hold_s, 0, 3600),
+    )
+
+
 def _timings(r: _Reader, v: Any, path: str) -> Timings:
     d = Timings()
     m = r.mapping(v, path, _names(Timings))
@@ -210,6 +221,7 @@ def _timings(r: _Reader, v: Any, path: str) -> Timings:
         max_in_flight=r.integer(m, path, "max_in_flight", d.max_in_flight, 1, 10000),
         reconnect=_backoff(r, m.get("reconnect"), _join(path, "reconnect")),
         gc=_gc(r, m.get("gc"), _join(path, "gc")),
+        move_wave=_move_wave(r, m.get("move_wave"), _join(path, "move_wave")),
     )
 
 

@@ -109,6 +109,19 @@ class GcPolicy:
 
 
 @dataclass(frozen=True)
+class MoveWave:
+    """A mass move's queue adds held at the surviving site until its phones have registered
+    (controlplane/login/wave.py)."""
+
+    #: moved agents awaited at one site that make a wave (fewer: each is added at once)
+    min_agents: int = 100
+    #: no registration at the site for this long: the rest are not coming soon, add now
+    quiet_s: float = 1.0
+    #: a hold never lasts longer than this
+    max_hold_s: float = 15.0
+
+
+@dataclass(frozen=True)
 class Timings:
     """Controller timings. The 2 s detection budget is probe_interval + probe_timeout."""
 
@@ -127,6 +140,7 @@ class Timings:
     max_in_flight: int = 16
     reconnect: Backoff = field(default_factory=Backoff)
     gc: GcPolicy = field(default_factory=GcPolicy)
+    move_wave: MoveWave = field(default_factory=MoveWave)
 
 
 @dataclass(frozen=True)
