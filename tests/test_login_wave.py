@@ -70,6 +70,20 @@ async def test_a_wave_whose_phones_stop_registering_is_let_go_after_quiet_s() ->
     assert await _passed(w)
 
 
+async def test_a_growing_wave_is_not_quiet_before_its_first_registration() -> None:
+    """10,000 agents: the moves came for seconds before the first registration reached the
+    service; a quiet_s counted from the hold's start let the adds go at once."""
+    clock = FakeClock()
+    w = MoveWave("b", S, clock)
+    for i in range(8):  # a move every 0.5 s, no registration yet: 3.5 s > quiet_s
+        w.expect(str(3000 + i))
+        await clock.advance(0.5)
+    assert w.holding
+    await clock.advance(0.6)  # the moves stopped too: quiet now
+    assert not w.holding and w.released_by == "quiet"
+    await w.close()
+
+
 async def test_a_hold_never_lasts_longer_than_max_hold_s() -> None:
     clock = FakeClock()
     w = MoveWave("b", S, clock)

@@ -11,8 +11,9 @@ still showed members unavailable whose phones were registered. ``bench/bench_add
 registration, against 10.9-11.3 s registered first, then added.
 
 So when many moved agents are awaited at a site (``min_agents``), their adds wait until the
-wave of registrations has passed: fewer than ``min_agents`` still awaited, no registration
-for ``quiet_s`` (the rest are not coming soon), or ``max_hold_s`` since the hold began. Then
+wave of registrations has passed: fewer than ``min_agents`` still awaited, neither a
+registration nor a new move for ``quiet_s`` (the rest are not coming soon), or ``max_hold_s``
+since the hold began. Then
 all go at once, pipelined. Logins never start a hold (a shift-start storm is spread over
 minutes); a CTI registration at a site that holds waits with the others.
 """
@@ -22,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 
 from controlplane.runtime.clock import Clock
 from controlplane.settings import MoveWave as WaveSettings
+
+log = logging.getLogger(__name__)
 
 
 class _State(enum.Enum):
@@ -45,7 +49,7 @@ class MoveWave:
         self.holds = 0  # waves held (tests, metrics)
         self.released_by = ""  # why the last hold ended: "registered", "quiet", "max_hold"
         self._since = 0.0
-        self._last_registration = 0.0
+        self._last_activity = 0.0  # the last move expected or registration seen
         self._open = asyncio.Event()
         self._open.set()
         self._watch: asyncio.Task[None] | None = None
@@ -53,12 +57,17 @@ class MoveWave:
     def expect(self, extension: str) -> None:
         """A moved agent's phone is to register here."""
         self.awaited.add(extension)
+        # A growing wave is not a quiet one: at its start the moves come before any
+        # registration does (10,000 agents: the first registrations reached the service
+        # more than a second after the hold began, and a quiet_s counted from the hold let
+        # the adds go with 1,116 phones still awaited).
+        self._last_activity = self.clock.now()
         self._update()
 
     def registered(self, extension: str) -> None:
         if extension in self.awaited:
             self.awaited.discard(extension)
-            self._last_registration = self.clock.now()
+            self._last_activity = self.clock.now()
             self._update()
 
     def forget(self, extension: str) -> None:
@@ -86,17 +95,22 @@ class MoveWave:
         if self.state is _State.IDLE:
             self.state = _State.HOLDING
             self.holds += 1
-            self._since = self._last_registration = now
+            self._since = now
             self._open.clear()
+            # A warning: a mass move means a site failed or is being drained.
+            log.warning("site %s: %d moved agents awaited; their queue adds wait for the registrations",
+                        self.site, len(self.awaited))
             self._watch = asyncio.create_task(self._watcher(), name=f"move-wave-{self.site}")
             return
         if self.state is _State.HOLDING:
             if now - self._since >= s.max_hold_s:
                 self._release("max_hold")
-            elif now - self._last_registration >= s.quiet_s:
+            elif now - self._last_activity >= s.quiet_s:
                 self._release("quiet")
 
     def _release(self, why: str) -> None:
+        log.warning("site %s: queue adds go (%s) after %.1f s; %d moved agents still awaited", self.site,
+                    why, self.clock.now() - self._since, len(self.awaited))
         self.state = _State.RELEASED
         self.released_by = why
         self._open.set()
@@ -108,7 +122,7 @@ class MoveWave:
         """Ends a hold on time when nothing else happens (no registration, no move)."""
         s = self.settings
         while self.state is _State.HOLDING:
-            due = min(self._since + s.max_hold_s, self._last_registration + s.quiet_s)
+            due = min(self._since + s.max_hold_s, self._last_activity + s.quiet_s)
             await self.clock.sleep(max(0.0, due - self.clock.now()) + 1e-3)
             self._update()
 

@@ -115,8 +115,9 @@ class MoveWave:
 
     #: moved agents awaited at one site that make a wave (fewer: each is added at once)
     min_agents: int = 100
-    #: no registration at the site for this long: the rest are not coming soon, add now
-    quiet_s: float = 1.0
+    #: neither a registration at the site nor a new move for this long: the rest are not
+    #: coming soon, add now
+    quiet_s: float = 2.0
     #: a hold never lasts longer than this
     max_hold_s: float = 15.0
 
