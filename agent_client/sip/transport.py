@@ -109,6 +109,7 @@ class _ClientTx:
     retransmit: TimerHandle | None = None
     give_up: TimerHandle | None = None
     sent: int = 1
+    deadline: float = float("inf")  # when the transaction gives up (Timer F, or the caller's timeout)
 
 
 @dataclass
@@ -339,10 +340,18 @@ class SipTransport(asyncio.DatagramProtocol):
         tx = _ClientTx(msg.encode(), addr, fut, self.timers.t1, on_provisional)
         self._tx[branch] = tx
         self.send(tx.data, addr)
-        tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
         limit = self.timers.timeout if timeout is None else timeout
+        tx.deadline = self.clock.time() + limit
+        self._schedule_retransmit(branch, tx)
         tx.give_up = self.clock.call_later(limit, lambda: self._timeout(branch, msg.method or "", limit))
         return fut
+
+    def _schedule_retransmit(self, branch: str, tx: _ClientTx) -> None:
+        """Timer E, unless the transaction is over by then: a liveness probe's timeout (0.5 s)
+        equals T1, and each of 10,000 probes to a dead registrar sent one more datagram into
+        it at the instant it gave up, in the seconds a mass failover is confirmed."""
+        if self.clock.time() + tx.interval < tx.deadline:
+            tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
 
     def _retransmit(self, branch: str) -> None:
         tx = self._tx.get(branch)
@@ -352,7 +361,7 @@ class SipTransport(asyncio.DatagramProtocol):
         tx.sent += 1
         self.send(tx.data, tx.addr)
         tx.interval = min(tx.interval * 2, self.timers.t2)
-        tx.retransmit = self.clock.call_later(tx.interval, lambda: self._retransmit(branch))
+        self._schedule_retransmit(branch, tx)
 
     def _timeout(self, branch: str, method: str, limit: float) -> None:
         tx = self._tx.pop(branch, None)

@@ -175,6 +175,22 @@ async def test_retransmission_t1_doubling_capped_and_timer_f() -> None:
     assert t.pending == 0 and t.stats.timeouts == 1
 
 
+async def test_no_retransmission_at_or_after_the_transactions_own_timeout() -> None:
+    """A probe that gives up at 0.5 s (= T1) sends one datagram, not a second one at the
+    instant it gives up: 10,000 of those into a dead registrar during a mass failover."""
+    clock = FakeClock()
+    sent: list[float] = []
+    t = SipTransport(clock=clock, sendto=lambda d, a: sent.append(clock.now), timers=SipTimers(t1=0.5))
+    probe = t.request(_options("z9hG4bKp1"), ("h", 5060), timeout=0.5)
+    longer = t.request(_options("z9hG4bKp2"), ("h", 5060), timeout=1.2)
+    clock.advance(2.0)
+    assert sent == [0.0, 0.0, 0.5]  # both at once; the longer one again at T1, not at 1.5
+    for fut in (probe, longer):
+        with pytest.raises(SipTimeout):
+            await fut
+    assert t.stats.retransmissions == 1 and t.pending == 0
+
+
 async def test_final_response_stops_retransmission() -> None:
     clock = FakeClock()
     sent: list[bytes] = []
