@@ -151,8 +151,8 @@ class FakeHandle:
         self.flag[0] = True
 
 
-def _options(branch: str = "z9hG4bK1") -> SipMessage:
-    m = SipMessage(method="OPTIONS", uri="sip:x@h")
+def _options(branch: str = "z9hG4bK1", uri: str = "sip:x@h") -> SipMessage:
+    m = SipMessage(method="OPTIONS", uri=uri)
     m.add("Via", f"SIP/2.0/UDP 1.2.3.4:5;branch={branch}")
     m.add("Call-ID", "c")
     m.add("CSeq", "1 OPTIONS")
@@ -456,31 +456,25 @@ def _closed_port() -> int:
     return port  # closed again: the kernel answers datagrams to it with ICMP port unreachable
 
 
-def _options_via(t: SipTransport) -> SipMessage:
-    from agent_client.sip.transport import new_branch
-
-    m = SipMessage(method="OPTIONS", uri="sip:127.0.0.1")
-    m.add("Via", f"SIP/2.0/UDP {t.local_addr[0]}:{t.local_addr[1]};branch={new_branch()};rport")
-    m.add("CSeq", "1 OPTIONS")
-    m.add("Call-ID", "icmp-test")
-    return m
-
-
 async def test_a_port_nobody_listens_on_ends_the_transaction_at_once() -> None:
     """A killed registrar's host answers with ICMP port unreachable: the transaction ends
     then (RFC 3261 §18.4), not when the probe's timeout or Timer F fires. Only the
     transaction that datagram belonged to; the socket stays usable."""
-    from agent_client.sip.transport import SipUnreachable
+    from agent_client.sip.transport import SipUnreachable, new_branch
 
     t = await SipTransport.open("127.0.0.1", 0)
     peer = await SipTransport.open("127.0.0.1", 0)  # a live registrar: answers OPTIONS
     peer.bind_user("", lambda msg, src: peer.send(response_to(msg, 200, "OK"), src))
     try:
         dead = ("127.0.0.1", _closed_port())
-        waiting = t.request(_options_via(t), peer.local_addr, timeout=30)
+        waiting = t.request(_options(new_branch(), "sip:127.0.0.1"), peer.local_addr, timeout=30)
         # Two at once: the second ICMP error may be taken by a sendto, and the error queue
         # must still be drained (a readable socket with nothing to read would spin the loop).
-        gone = [t.request(_options_via(t), dead, timeout=30) for _ in range(2)]
+        gone = [t.request(_options(new_branch(), "sip:127.0.0.1"), dead, timeout=30) for _ in range(2)]
+        # A send right after the error, elsewhere, goes out at once (not 0.5 s later as a
+        # retransmission): the error is read from the error queue, not by failing it.
+        after = t.request(_options(new_branch(), "sip:127.0.0.1"), peer.local_addr, timeout=30)
+        assert (await asyncio.wait_for(after, 5)).status == 200 and t.stats.retransmissions == 0
         for fut in gone:
             with pytest.raises(SipUnreachable, match=rf"OPTIONS to 127.0.0.1:{dead[1]}: Connection refused"):
                 await asyncio.wait_for(fut, 5)  # Timer F here is 30 s

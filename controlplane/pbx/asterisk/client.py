@@ -6,10 +6,10 @@ answer within probe_timeout_s) -> on any loss: UNREACHABLE, PBX_DOWN, pending
 commands fail with LinkLost, reconnect after our backoff. One AMI session carries the
 events, the commands and the Pings (Asterisk wakes every session's thread for every event
 it publishes, subscribed or not: bench/bench_ami_sessions.py); actions that keep a session
-silent for seconds (SIDE_SESSION) run on a session of their own, opened for them. A link Asterisk closed is
-checked first: a port that refuses a new connection means the process is gone
-(``refused``, in PBX_DOWN's data). A refused Login is
-AUTH_FAILED: reported once (event, log, exception from ``start``), not retried.
+silent for seconds (SIDE_SESSION) run on a session of their own, opened for them. A link
+Asterisk closed is checked first: a port that refuses a new connection means the process
+is gone (``refused``, in PBX_DOWN's data). A refused Login is AUTH_FAILED: reported once
+(event, log, exception from ``start``), not retried.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ class AsteriskClient(PbxClient):
             self._last_pong = time.monotonic()
         except TimeoutError:
             now = time.monotonic()
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # The Pong was read in the loop turn the timer fired in: our own event loop
                 # was too busy (a login storm) to hand it over in time. Not the PBX's fault.
                 self._last_pong = now
