@@ -106,3 +106,12 @@ async def test_forgotten_agents_are_not_awaited() -> None:
     w.forget("3001")  # logged out, or moved on elsewhere
     assert not w.holding and w.awaited == {"3002", "3003"}
     await w.close()
+
+
+async def test_closing_lets_held_adds_go() -> None:
+    w = MoveWave("b", S, FakeClock())
+    for e in ("3001", "3002", "3003"):
+        w.expect(e)
+    assert w.holding and not await _passed(w)
+    await w.close()  # the service stops: nothing waits on a wave any more
+    assert not w.holding and w.released_by == "closed" and await _passed(w)

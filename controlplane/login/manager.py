@@ -419,7 +419,10 @@ class LoginManager:
             return 0
         known = self.registered[site] | pbx.known_contacts()
         ready = [e for e in self.pending[site].by_ext if e in known and (site, e) not in self._in_flight]
+        wave = self.waves.get(site)
         for ext in ready:
+            if wave is not None:
+                wave.registered(ext)  # an event this service missed: the wave must not wait for it
             self.spawn(self._cti_register(site, ext))
         return len(ready)
 

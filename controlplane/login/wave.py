@@ -127,7 +127,11 @@ class MoveWave:
             self._update()
 
     async def close(self) -> None:
+        """Let every held add go (the service stops)."""
         watch, self._watch = self._watch, None
+        if self.state is _State.HOLDING:
+            self.state = _State.RELEASED
+            self.released_by = "closed"
         self._open.set()
         if watch is not None:
             watch.cancel()
