@@ -18,8 +18,6 @@ Run as root with the lab up:  python bench/bench_add_order.py [N] [ROUNDS]
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,16 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent_client.sip.fleet import FleetSettings, PhoneFleet
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.settings import load_topology
-from lab import manager
+from lab import asterisk_site, manager
 from lab.drill.runner import queue_of
-from lab.layout import FIRST_EXTENSION, HOST_ADDRESS, phone_password
+from lab.layout import FIRST_EXTENSION, HOST_ADDRESS, phone_password, site
+from lab.system import process_cpu_s
 
 
 def asterisk_cpu_s() -> float:
-    pid = subprocess.run(["pgrep", "-f", "site-b/etc/asterisk"], capture_output=True, text=True,
-                         check=True).stdout.split()[0]
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    p = asterisk_site.pid(site("b"))
+    assert p is not None, "site b's Asterisk is not running: ccdr lab up"
+    return process_cpu_s(p)
 
 
 async def one(n: int, interleaved: bool) -> tuple[float, float]:

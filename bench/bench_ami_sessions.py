@@ -13,8 +13,6 @@ Run as root with the lab up:  python bench/bench_ami_sessions.py [ROUNDS]
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,17 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controlplane.settings import load_topology
-from lab import manager
+from lab import asterisk_site, manager
 from lab.ami_probe import AmiProbe
 from lab.layout import site
 from lab.phones import register_many
+from lab.system import process_cpu_s
 
 PHONES = list(range(3001, 5001))  # 2,000 lab extensions
-
-
-def asterisk_cpu_s(pid: str) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one(k: int, events: str) -> float:
@@ -44,13 +38,13 @@ def one(k: int, events: str) -> float:
             p = AmiProbe(ami.host, ami.port, timeout=3)
             p.action("Login", Username=ami.username, Secret=ami.secret.reveal(), Events=events)
             sessions.append(p)
-        pid = subprocess.run(["pgrep", "-f", "site-b/etc/asterisk"], capture_output=True, text=True,
-                             check=True).stdout.split()[0]
-        c0 = asterisk_cpu_s(pid)
+        pid = asterisk_site.pid(site("b"))
+        assert pid is not None, "site b's Asterisk is not running: ccdr lab up"
+        c0 = process_cpu_s(pid)
         register_many(site("b"), PHONES, 300, 1000, timeout_s=30)
         register_many(site("b"), PHONES, 0, 1000, timeout_s=30)
         time.sleep(1)  # events still being delivered
-        return asterisk_cpu_s(pid) - c0
+        return process_cpu_s(pid) - c0
     finally:
         for p in sessions:
             p.close()

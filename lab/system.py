@@ -88,6 +88,13 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds ``pid`` has used, user and system, all its threads (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_name(pid: int) -> str:
     """The process's command name (kept by a zombie leader, unlike cmdline)."""
     try:

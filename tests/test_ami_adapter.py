@@ -45,6 +45,19 @@ def client(fake: FakeAmi, secret: str = "s3cret", timings: Timings = FAST, **kw:
     return AsteriskClient("a", link, timings, secret=secret, **kw)
 
 
+@contextlib.asynccontextmanager
+async def linked(fake: FakeAmi) -> AsyncIterator[tuple[AsteriskClient, Any]]:
+    """A started client and its event stream, both closed after."""
+    c = client(fake)
+    await c.start()
+    events = c.events()
+    try:
+        yield c, events
+    finally:
+        await events.aclose()
+        await c.close()
+
+
 async def next_event(it: Any, kind: EventKind, within: float = 2.0) -> PbxEvent:
     async def find() -> PbxEvent:
         async for ev in it:
@@ -159,10 +172,7 @@ def test_fast_message_is_what_panoramisk_would_build() -> None:
 # 2. a frozen Asterisk is never noticed -------------------------------------------------
 
 async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_timeout(fake: FakeAmi) -> None:
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         fake.frozen = True  # TCP stays open, nothing answers
         t0 = time.monotonic()
         ev = await next_event(events, EventKind.PBX_DOWN, within=2)
@@ -172,18 +182,12 @@ async def test_defect2_frozen_pbx_reported_unreachable_within_interval_plus_time
         assert "Ping" in (ev.data["error"] or "")
         fake.frozen = False
         await next_event(events, EventKind.PBX_UP, within=2)
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_a_killed_pbx_is_reported_refused_a_frozen_one_is_not(fake: FakeAmi) -> None:
     """Killed: Asterisk closes the link and its port refuses connections, certain proof the
     process is gone, in the first PBX_DOWN. Frozen: silent, not refused."""
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         await fake.stop()  # the listener and every session closed: a kill -9
         ev = await next_event(events, EventKind.PBX_DOWN, within=2)
         assert ev.data["refused"] is True and c.refused
@@ -197,40 +201,25 @@ async def test_a_killed_pbx_is_reported_refused_a_frozen_one_is_not(fake: FakeAm
         await fake.stop()
         ev = await next_event(events, EventKind.PBX_DOWN, within=2)
         assert ev.data["refused"] is True
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_a_killed_pbx_whose_listener_still_accepts_is_refused(fake: FakeAmi) -> None:
     """Killed Asterisk closes its sessions a few milliseconds before its listener (lab: 2
     kills in 5): the knock is accepted, then closed without a banner. That is the process
     going away, not a live PBX."""
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         fake.dying = True
         fake.drop_all()
         ev = await next_event(events, EventKind.PBX_DOWN, within=2)
         assert ev.data["refused"] is True and c.refused
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_a_link_closed_by_a_live_pbx_is_not_refused(fake: FakeAmi) -> None:
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (_, events):
         fake.drop_all()  # Asterisk closed the session (a slow reader), but still listens
         ev = await next_event(events, EventKind.PBX_DOWN, within=2)
         assert ev.data["refused"] is False
         await next_event(events, EventKind.PBX_UP, within=2)
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_while(fake: FakeAmi) -> None:
@@ -239,10 +228,7 @@ async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_whi
     registration in flight. A PBX still sending events is slow, not dead, for at most
     SLOW_PING_GRACE probe timeouts."""
     fake.slow["ping"] = 0.3  # every Ping answered 0.3 s late (timeout 0.1 s)
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         until = time.monotonic() + 0.4  # inside the grace: 5 x 0.1 s
         while time.monotonic() < until:
             await fake.push([("Event", "PeerStatus"), ("Privilege", "system,all"), ("Peer", "PJSIP/1001")])
@@ -251,37 +237,25 @@ async def test_late_ping_while_events_stream_is_slow_not_dead_but_only_for_a_whi
         t0 = time.monotonic()
         await next_event(events, EventKind.PBX_DOWN, within=2)  # the grace runs out
         assert time.monotonic() - t0 < 1.0
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_slow_action_does_not_make_a_healthy_pbx_look_dead(fake: FakeAmi) -> None:
     """AMI answers a session's actions in order; PJSIPShowContacts took 2.4 s for 1,000
     contacts on Asterisk 22, silent. It runs on a side session, so the link's Pings are not
     stuck behind it."""
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         fake.slow["pjsipshowcontacts"] = 10 * FAST.probe_timeout_s
         assert await c.contacts() == []
         assert c.state is LinkState.UP and c.reconnects == 0
         with pytest.raises(TimeoutError):
             await next_event(events, EventKind.PBX_DOWN, within=0.1)
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_one_session_carries_events_commands_and_pings(fake: FakeAmi) -> None:
     """Asterisk wakes every AMI session's thread for every event it publishes, subscribed or
     not (bench/bench_ami_sessions.py): the link is one session, not one for events and one
     for Pings."""
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         await asyncio.sleep(3 * FAST.probe_interval_s)
         assert len(fake.actions("Ping")) >= 2
         await c.queue_add("sales", "PJSIP/1001")
@@ -290,9 +264,6 @@ async def test_one_session_carries_events_commands_and_pings(fake: FakeAmi) -> N
         # The link's session, and the reconcile's PJSIPShowContacts on a side session.
         assert [f["Events"] for f in fake.actions("Login")] == ["system,agent", "off"]
         assert fake.connections == 2 and len(fake.writers) == 1
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_long_silent_actions_run_on_a_side_session_closed_after(fake: FakeAmi) -> None:
@@ -432,19 +403,13 @@ def test_defect5_plain_panoramisk_loses_split_utf8() -> None:
 
 
 async def test_defect5_fixed_split_utf8_kept(fake: FakeAmi) -> None:
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (_, events):
         items = [("Event", "ContactStatus"), ("URI", "sip:1001@h"), ("ContactStatus", "Created"),
                  ("AOR", "1001"), ("EndpointName", "Zoë-测试")]
         data = "".join(f"{k}: {v}\r\n" for k, v in items).encode()
         await fake.push(items, split_at=data.index("ë".encode()) + 1)
         ev = await next_event(events, EventKind.PHONE_REGISTERED)
         assert ev.data["endpoint"] == "Zoë-测试" and ev.raw is not None and ev.raw["URI"] == "sip:1001@h"
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 # 6. an exception in a sync handler kills the connection -------------------------------------
@@ -550,10 +515,7 @@ async def test_idempotent_command_retried_after_reconnect(fake: FakeAmi) -> None
 async def test_reconnect_rereads_state_so_picture_equals_pbx(fake: FakeAmi) -> None:
     fake.members = {"sales": {"PJSIP/1": ("a", 0)}}
     fake.contacts = {"1001": "sip:1001@h:5060"}
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         await asyncio.sleep(0.1)
         assert set(c.members["sales"]) == {"PJSIP/1"} and set(c.registered) == {"1001"}
         # While the link is down, the PBX changes.
@@ -569,16 +531,10 @@ async def test_reconnect_rereads_state_so_picture_equals_pbx(fake: FakeAmi) -> N
         assert {q: set(m) for q, m in c.members.items()} == {"sales": {"PJSIP/2"}, "vip": {"PJSIP/3"}}
         assert set(c.registered) == {"1002"}
         assert len(fake.actions("Login")) == 4  # two sessions, twice
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 async def test_normalized_events_keep_raw_frame(fake: FakeAmi) -> None:
-    c = client(fake)
-    await c.start()
-    events = c.events()
-    try:
+    async with linked(fake) as (c, events):
         await fake.push([("Event", "QueueMemberAdded"), ("Queue", "sales"), ("MemberName", "bob"),
                          ("Interface", "PJSIP/7"), ("Penalty", "1"), ("Paused", "0")])
         ev = await next_event(events, EventKind.QUEUE_MEMBER_ADDED)
@@ -604,9 +560,6 @@ async def test_normalized_events_keep_raw_frame(fake: FakeAmi) -> None:
                          ("AOR", "1001"), ("EndpointName", "1001")])
         await next_event(events, EventKind.PHONE_UNREGISTERED)
         assert "1001" not in c.registered
-    finally:
-        await events.aclose()
-        await c.close()
 
 
 @pytest.mark.parametrize("support, sent", [

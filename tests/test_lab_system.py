@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 
-from lab.system import all_threads_stopped, process_state
+from lab.system import all_threads_stopped, process_cpu_s, process_state
 
 
 def _until(cond: object, timeout: float = 2.0) -> bool:
@@ -35,3 +36,11 @@ def test_a_freeze_is_seen_only_once_every_thread_has_stopped() -> None:
         p.kill()
         p.wait()
     assert not all_threads_stopped(p.pid)  # gone: not "stopped"
+
+
+def test_process_cpu_s_counts_this_process_work() -> None:
+    before = process_cpu_s(os.getpid())
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # 50 ms of CPU, whatever the clock tick
+        pass
+    assert process_cpu_s(os.getpid()) - before >= 0.03

@@ -462,8 +462,7 @@ class LoginManager:
         if sid is None:
             return
         self._in_flight[(site, extension)] = sid
-        wave = self.waves.get(site)
-        if wave is not None and wave.holding:
+        if (wave := self.waves.get(site)) is not None:
             await wave.passage()  # a mass move's registrations first (login/wave.py)
         s = await self.sessions.get(sid)
         if s is None or s.site != site:  # ended, or moved to another site meanwhile
