@@ -83,12 +83,23 @@ def test_bad_scenario_reports_every_field_by_path() -> None:
         parse_scenario({"name": "", "agents": 0, "home": "c", "colour": 1, "observe_s": -1,
                         "faults": [{"at": -1, "action": "explode", "site": "z"},
                                    {"action": "blip", "site": "a", "seconds": 2, "every": 1}],
-                        "expect": {"moved": "some", "speed": 1}}, "s.yaml")
+                        "expect": {"moved": "some", "speed": 1}, "phones": "triple"}, "s.yaml")
     text = str(e.value)
     for part in ("s.yaml: name:", "s.yaml: agents:", "s.yaml: home:", "s.yaml: colour: unknown field",
                  "s.yaml: observe_s:", "faults[0].action:", "faults[0].site:", "faults[0].at:",
-                 "faults[1].every: must be longer", "expect.moved:", "expect.speed: unknown"):
+                 "faults[1].every: must be longer", "expect.moved:", "expect.speed: unknown",
+                 "s.yaml: phones: must be one of dual, single, got 'triple'"):
         assert part in text, part
+
+
+def test_a_scenario_names_its_phones_and_the_drill_gives_its_agents_those() -> None:
+    dual = parse_scenario({"name": "d", "agents": 2})
+    single = parse_scenario({"name": "s", "agents": 2, "phones": "single"})
+    assert (dual.phones, single.phones) == ("dual", "single")
+    drills = [Drill(dual), Drill(single)]
+    for d in drills:
+        shutil.rmtree(d.tmp)
+    assert drills[0].timings.backup_lines and not drills[1].timings.backup_lines
 
 
 def _report(passed: bool) -> dict[str, object]:

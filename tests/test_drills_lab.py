@@ -25,7 +25,7 @@ async def _drill(name: str, lab_topology: Any) -> dict[str, Any]:
     return rep
 
 
-@pytest.mark.parametrize("name", ["kill-a", "freeze-a", "cut-a", "stop-login-a"])
+@pytest.mark.parametrize("name", ["kill-a", "kill-a-single-line", "freeze-a", "cut-a", "stop-login-a"])
 async def test_site_fault_moves_every_agent_to_b(name: str, lab_topology: Any) -> None:
     rep = await _drill(name, lab_topology)
     # Every agent at b, verified through AMI (phone registered, queue member); none lost,

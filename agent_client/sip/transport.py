@@ -142,6 +142,10 @@ class SipTransport(asyncio.DatagramProtocol):
         self.local_addr = local_addr
         self._tx: dict[str, _ClientTx] = {}
         self._users: dict[str, RequestHandler] = {}
+        #: lines bound to one peer host: a dual-line phone has the same extension at two
+        #: sites (the lab's numbering), one line registered at each; the site's requests
+        #: (its qualify OPTIONS, its INVITEs) must reach that site's line
+        self._peer_users: dict[tuple[str, str], RequestHandler] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -303,14 +307,25 @@ class SipTransport(asyncio.DatagramProtocol):
             self._sendto = None
 
     # -- users ------------------------------------------------------------------
-    def bind_user(self, user: str, handler: RequestHandler) -> None:
-        self._users[user] = handler
+    def bind_user(self, user: str, handler: RequestHandler, peer: str | None = None) -> None:
+        """Requests for ``user`` go to ``handler``; with ``peer``, only those from that host
+        (a binding to a peer comes before the user's binding for any peer)."""
+        if peer is None:
+            self._users[user] = handler
+        else:
+            self._peer_users[(user, peer)] = handler
 
-    def unbind_user(self, user: str) -> None:
-        self._users.pop(user, None)
+    def unbind_user(self, user: str, peer: str | None = None) -> None:
+        if peer is None:
+            self._users.pop(user, None)
+        else:
+            self._peer_users.pop((user, peer), None)
 
     def _dispatch_request(self, msg: SipMessage, src: Addr) -> None:
-        handler = self._users.get(uri_user(msg.uri or ""))
+        user = uri_user(msg.uri or "")
+        handler = self._peer_users.get((user, src[0])) if self._peer_users else None
+        if handler is None:
+            handler = self._users.get(user)
         if handler is None:
             self.stats.unmatched += 1
             if msg.method != "ACK":

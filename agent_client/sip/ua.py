@@ -70,7 +70,10 @@ Gate = Callable[[], Awaitable[None]]
 
 
 class PhoneLine:
-    """One extension. ``gate`` (optional) is awaited before every REGISTER: the fleet's rate limit."""
+    """One extension. ``gate`` (optional) is awaited before every REGISTER: the fleet's rate limit.
+    ``peer`` (optional): the registrar host this line belongs to (one line of a dual-line
+    phone); it then gets only that host's requests, and another line of the same extension
+    can be registered at another site."""
 
     def __init__(
         self,
@@ -81,8 +84,10 @@ class PhoneLine:
         refresh: RefreshPolicy | None = None,
         gate: Gate | None = None,
         rng: random.Random | None = None,
+        peer: str | None = None,
     ) -> None:
         self.transport = transport
+        self.peer = peer
         self.ext = ext
         self._password = password
         self.refresh_policy = refresh or RefreshPolicy()
@@ -102,7 +107,7 @@ class PhoneLine:
         self.dialogs: dict[str, _Dialog] = {}
         self.answered_calls = 0
         self.options_answered = 0
-        transport.bind_user(ext, self._on_request)
+        transport.bind_user(ext, self._on_request, peer)
 
     def __repr__(self) -> str:  # never the password
         return f"PhoneLine(ext={self.ext!r}, state={self.state.value})"
@@ -171,8 +176,9 @@ class PhoneLine:
             )
         return resp
 
-    async def register(self, registrar: Addr, expires: int = 300) -> LineEvent:
+    async def register(self, registrar: Addr, expires: int = 300, limit_s: float | None = None) -> LineEvent:
         """Register (or move) to ``registrar``; returns the REGISTERED or REGISTRATION_FAILED event.
+        ``limit_s``: give up sooner than Timer F (a backup line trying a site that may be down).
 
         A newer registration supersedes one in flight: a refresh sent to a registrar that
         died a moment before the move waits out Timer F (32 s), and its failure then marked
@@ -193,7 +199,7 @@ class PhoneLine:
             await self.gate()
         started = self.transport.clock.time()
         try:
-            resp: SipMessage | None = await self._exchange(registrar, expires)
+            resp: SipMessage | None = await self._exchange(registrar, expires, limit_s)
             error = ""
         except (SipTimeout, ProtocolError) as e:
             resp, error = None, str(e)
@@ -238,6 +244,10 @@ class PhoneLine:
             self._refresh_task = asyncio.get_running_loop().create_task(
                 self.register(self.registrar, self.expires or 300), name=f"sip-refresh-{self.ext}"
             )
+
+    def hold(self) -> None:
+        """No more refreshes until the next :meth:`register` (a line left at a failed site)."""
+        self._cancel_refresh()
 
     def _cancel_refresh(self) -> None:
         if self._refresh is not None:
@@ -301,7 +311,7 @@ class PhoneLine:
         for d in self.dialogs.values():
             if d.timer is not None:
                 d.timer.cancel()
-        self.transport.unbind_user(self.ext)
+        self.transport.unbind_user(self.ext, self.peer)
 
     # -- incoming requests --------------------------------------------------
     def _on_request(self, req: SipMessage, src: Addr) -> None:

@@ -7,7 +7,9 @@ Per N it prints: detection (fault to first suspicion), confirmation (fault to fi
 per-agent recovery p50/p95/max, the re-homing phase (first move to last agent ready) and
 the raw limit's time for the same work, and their ratio.
 
-Run as root with the lab up:  python bench/failover/bench_failover.py 1000 5000 10000
+Run as root with the lab up:  python bench/failover/bench_failover.py [--single] 1000 5000 10000
+(--single: single-line phones, which register at b when they move; by default dual-line
+phones, whose line at b is registered before the fault, as `ccdr provision` sets them up.)
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ def phases(d: Drill) -> str:
     return ", ".join(f"{k} {q(v, .5):.2f}/{q(v, .95):.2f}/{max(v, default=float('nan')):.2f}" for k, v in cols.items())
 
 
-async def one(n: int) -> None:
+async def one(n: int, phones: str) -> None:
     sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
-                  observe_s=max(30.0, n / 50), expect={"lost_agents": 0})
+                  observe_s=max(30.0, n / 50), expect={"lost_agents": 0}, phones=phones)
     d = Drill(sc)
     with HostSpeed() as drill_speed:
         rep = await d.run()
@@ -114,7 +116,7 @@ async def one(n: int) -> None:
     with HostSpeed() as raw_speed:
         t_reg, t_add, raw = await raw_limit(n)
     r = rep["recovery_s"]
-    print(f"{n:>6} agents: lost {rep['lost_agents']}, moved {rep['moved_agents']},"
+    print(f"{n:>6} agents ({phones}-line phones): lost {rep['lost_agents']}, moved {rep['moved_agents']},"
           f" at both {rep['agents_at_both_sites']}"
           f" | first suspicion {rep['first_suspicion_s']['min']:.2f} s, first move (confirmed) {first_move:.2f} s"
           f" | recovery p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s"
@@ -123,10 +125,14 @@ async def one(n: int) -> None:
     print(f"  drill's {drill_speed.summary()}; raw limit's {raw_speed.summary()}", flush=True)
 
 
-async def main(ns: list[int]) -> None:
+async def main(ns: list[int], phones: str) -> None:
     for n in ns:
-        await one(n)
+        await one(n, phones)
 
 
 if __name__ == "__main__":
-    asyncio.run(main([int(x) for x in sys.argv[1:]] or [1000]))
+    args = sys.argv[1:]
+    # --single: single-line phones (softphones) that register at b when they move; by
+    # default dual-line phones, registered at both sites all along (as ccdr provisions them).
+    phones = "single" if "--single" in args else "dual"
+    asyncio.run(main([int(x) for x in args if x != "--single"] or [1000], phones))

@@ -99,7 +99,7 @@ async def _answers(port: int) -> bool:
 class Drill:
     def __init__(self, sc: Scenario, timings: AgentTimings | None = None, progress: Progress | None = None) -> None:
         self.sc = sc
-        self.timings = timings or AgentTimings()
+        self.timings = dataclasses.replace(timings or AgentTimings(), backup_lines=sc.phones == "dual")
         self.progress = progress or (lambda stage, done, total: None)
         self.tmp = Path(tempfile.mkdtemp(prefix="ccdr-drill-"))
         self.db = f"ccdr_drill_{secrets.token_hex(4)}"
@@ -241,7 +241,9 @@ class Drill:
             while time.monotonic() < deadline:
                 ready = sum(self.ready.values())
                 self.progress("agents logging in", ready, sc.agents)
-                if ready == sc.agents:
+                # The steady state: every agent ready, and its phone's lines registered (a
+                # dual-line phone's backup line registers after the agent is ready).
+                if ready == sc.agents and all(a.lines_registered() for a in self.agents):
                     break
                 await asyncio.sleep(0.2)
             initial = {a.account: a.site for a in self.agents}
@@ -393,6 +395,7 @@ class Drill:
         return {
             "scenario": sc.name,
             "agents": sc.agents,
+            "phones": sc.phones,
             "ready_before_fault": ready_before,
             "lost_agents": lost,
             "agents_at_both_sites": both,

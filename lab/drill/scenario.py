@@ -11,6 +11,9 @@ faults:
   - {at: 0, action: kill, site: a}                                  # seconds after all are ready
   - {at: 0, action: blip, site: a, seconds: 1, count: 20, every: 2}  # cut/heal pairs
 observe_s: 15                  # watch this long after the first fault
+phones: dual                   # dual: each phone keeps a line registered at both sites (as
+                               # `ccdr provision` configures desk phones); single: a softphone
+                               # that registers at the new site when it moves
 expect: {lost_agents: 0, agents_at_both_sites: 0, max_recovery_s: 3, moved: all, ready_at: {b: 200}}
 ```
 """
@@ -26,6 +29,7 @@ from controlplane.settings.loader import read_yaml
 
 ACTIONS = ("kill", "freeze", "thaw", "start", "cut", "heal", "stop_login", "start_login", "blip")
 SITES = ("a", "b")
+PHONES = ("dual", "single")
 EXPECTATIONS = ("lost_agents", "agents_at_both_sites", "max_recovery_s", "moved", "ready_at")
 
 
@@ -45,6 +49,7 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     observe_s: float = 15.0
     expect: dict[str, Any] = field(default_factory=dict)
+    phones: str = "dual"
 
     @property
     def other(self) -> str:
@@ -112,7 +117,7 @@ def parse_scenario(doc: Any, source: str = "scenario") -> Scenario:
     if not isinstance(doc, dict):
         raise ConfigError([f"{source}: must be a mapping"])
     for k in sorted(set(doc) - {"name", "description", "agents", "home", "before_login", "faults", "observe_s",
-                                "expect"}):
+                                "expect", "phones"}):
         problems.append(f"{k}: unknown field")
     name = doc.get("name")
     if not isinstance(name, str) or not name:
@@ -126,6 +131,9 @@ def parse_scenario(doc: Any, source: str = "scenario") -> Scenario:
     observe = doc.get("observe_s", 15)
     if not isinstance(observe, int | float) or isinstance(observe, bool) or not 0 < observe <= 600:
         problems.append(f"observe_s: must be 0 < seconds <= 600, got {observe!r}")
+    phones = doc.get("phones", "dual")
+    if phones not in PHONES:
+        problems.append(f"phones: must be one of {', '.join(PHONES)}, got {phones!r}")
     before = _faults(doc.get("before_login"), "before_login", problems, timed=False)
     faults = _faults(doc.get("faults"), "faults", problems, timed=True)
     expect = doc.get("expect", {})
@@ -147,7 +155,7 @@ def parse_scenario(doc: Any, source: str = "scenario") -> Scenario:
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     assert isinstance(name, str) and isinstance(agents, int) and isinstance(home, str)
-    return Scenario(name, agents, home, tuple(before), tuple(faults), float(observe), dict(expect))
+    return Scenario(name, agents, home, tuple(before), tuple(faults), float(observe), dict(expect), str(phones))
 
 
 def load_scenario(path: str | Path) -> Scenario:
