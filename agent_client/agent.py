@@ -77,7 +77,12 @@ class AgentTimings:
     #: thousands of agents whose busy service was still working through their moves to ask
     #: the other site too, and then again: a retry storm (10,000 agents, none moved in 200 s).
     move_timeout_s: float = 30.0
-    cti_timeout_s: float = 20.0
+    #: CTI registration is waited for while the session channel shows life (the service
+    #: holds the session and pushes the outcome, registered or failed), up to this long. A
+    #: fixed 20 s sent thousands of agents, whose members a slow survivor was still adding,
+    #: to move again (10,000 agents on a slower machine: 5,000 moved twice or more, the last
+    #: ready after 111 s instead of 18 s).
+    cti_timeout_s: float = 90.0
     #: OPTIONS to the registrar while all is well, jittered (x0.5..1), a desk phone's usual
     #: keep-alive. It only starts a suspicion nothing else reported: a dead PBX's push, a
     #: failed refresh or a lost channel starts the fast burst below at once. At 5 s, 5,000
@@ -268,6 +273,7 @@ class _Session:
     pushed_at: float = 0.0  # when the service last pushed the session's deadline for us
     how: str = "login"  # how it came to this site: "login", "move request", "move in channel"
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    cti_failed: asyncio.Event = field(default_factory=asyncio.Event)
     last_server_hb: float = 0.0
 
     @property
@@ -584,6 +590,7 @@ class Agent:
         sess.body = body
         sess.how = "move in channel"
         sess.cti.clear()
+        sess.cti_failed.clear()
         sess.pushed_at = self.clock()
         self._learn(body)
         self.site = sess.site
@@ -665,23 +672,36 @@ class Agent:
             self._to(AgentState.REGISTERING, f"registration failed: {ev.detail}")
             return False
         self._to(AgentState.AWAITING_CTI, f"line {t_line:.2f} s, channel {t_channel:.2f} s")
-        # Wait for CTI, unless the session ends first: a login this client gave up on can
-        # still complete at a busy service and replace this one (seen in a 1,000-agent
-        # failover); waiting out the CTI timeout on a dead session cost 20 s.
-        cti = asyncio.ensure_future(sess.cti.wait())
-        ended = asyncio.ensure_future(sess.ended.wait())
-        try:
-            await asyncio.wait({cti, ended}, timeout=self.timings.cti_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cti.cancel()
-            ended.cancel()
+        await self._await_cti(sess)
         if not sess.cti.is_set():
-            self._to(AgentState.AWAITING_CTI, "session ended" if sess.ended.is_set() else "no CTI registration")
+            why = ("session ended" if sess.ended.is_set() else "CTI registration failed" if sess.cti_failed.is_set()
+                   else "no CTI registration")
+            self._to(AgentState.AWAITING_CTI, why)
             return False
         self._to(AgentState.READY, sess.how)
         self._keep_backups()
         return True
+
+    async def _await_cti(self, sess: _Session) -> None:
+        """Until the CTI registration is pushed, or fails, or the session ends (a login this
+        client gave up on can still complete at a busy service and replace this one: seen
+        in a 1,000-agent failover), or the channel falls silent for ``heartbeat_misses``
+        intervals or closes, or ``cti_timeout_s`` passes."""
+        hb = sess.heartbeat_s
+        asked = self.clock()
+        deadline = asked + self.timings.cti_timeout_s
+        waits = [asyncio.ensure_future(e.wait()) for e in (sess.cti, sess.ended, sess.cti_failed)]
+        try:
+            while not any(w.done() for w in waits) and sess.ws is not None and not sess.ws.closed:
+                until = min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * hb)
+                left = until - self.clock()
+                if left <= 0:
+                    return
+                # Wakes at least every heartbeat: a closed channel is seen within one.
+                await asyncio.wait(waits, timeout=min(left, hb), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _open_channel(self, sess: _Session) -> None:
         if sess.ws is not None and not sess.ws.closed:
@@ -707,6 +727,8 @@ class Agent:
                 sess.cti.set()
             elif kind == "cti" and data.get("state") == "registered" and data.get("site", sess.site) == sess.site:
                 sess.cti.set()
+            elif kind == "cti" and data.get("state") == "failed" and data.get("site", sess.site) == sess.site:
+                sess.cti_failed.set()
             elif kind in ("moved", "move_refused"):
                 if sess.move_reply is not None and not sess.move_reply.done():
                     if kind == "moved" and not isinstance(data.get("session"), dict):

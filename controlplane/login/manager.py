@@ -447,7 +447,8 @@ class LoginManager:
                 log.warning("CTI registration at %s of extension %s failed: %s: %s", site, extension,
                             type(exc).__name__, exc)
                 if sid is not None:
-                    await self._notify(sid, {"type": "cti", "state": "failed", "error": type(exc).__name__})
+                    await self._notify(sid, {"type": "cti", "state": "failed", "site": site,
+                                             "error": type(exc).__name__})
                 return
             log.info("CTI registration at %s of %s: %s; retrying", site, extension, type(exc).__name__)
             self.pending[site].wait(extension, sid, self.clock.now(), keep=True)
@@ -479,7 +480,7 @@ class LoginManager:
         except (PbxUnreachable, LinkLost) as exc:
             if pbx.state is LinkState.UP:  # a slow command on a live link: a real failure
                 log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
-                await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
+                await self._notify(sid, {"type": "cti", "state": "failed", "site": site, "error": str(exc)})
                 return
             # The link dropped mid-way (a PBX restarting, an overloaded one): the session
             # waits again and is retried when the link is back up (on_event, PBX_UP).
@@ -488,7 +489,7 @@ class LoginManager:
             return
         except PbxError as exc:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
-            await self._notify(sid, {"type": "cti", "state": "failed", "error": str(exc)})
+            await self._notify(sid, {"type": "cti", "state": "failed", "site": site, "error": str(exc)})
             return
         if not await self.sessions.set_state(sid, "cti_registered", site=site):
             # Ended, or moved to another site, while its members were added here.

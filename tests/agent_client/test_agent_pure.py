@@ -289,3 +289,54 @@ def test_a_line_event_about_a_registrar_the_line_left_is_ignored() -> None:
     assert not agent.detector.failing
     agent._on_line(LineEvent(LineEventKind.REGISTRATION_FAILED, 0.0, ("10.0.0.98", 5060), "timeout"))
     assert Signal.REGISTRATION in agent.detector.failing
+
+
+def _awaiting_cti(hb: float) -> tuple[Agent, _Session, _Channel]:
+    ch = _Channel()
+    timings = AgentTimings(cti_timeout_s=5.0, heartbeat_misses=2.5)
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None,  # type: ignore[arg-type]
+                  timings=timings)
+    sess = _Session("http://a", {**_line("b", "3001"), "timings": {"heartbeat_s": hb}}, ws=ch,  # type: ignore[arg-type]
+                    last_server_hb=agent.clock())
+    return agent, sess, ch
+
+
+async def _beat(ch: _Channel, every: float, times: int, then: dict[str, Any] | None = None) -> None:
+    for _ in range(times):
+        await asyncio.sleep(every)
+        ch.q.put_nowait({"type": "heartbeat"})
+    if then is not None:
+        ch.q.put_nowait(then)
+
+
+async def test_cti_is_awaited_while_the_channel_lives_past_a_fixed_timeout() -> None:
+    """The survivor is slow to add the members but its channel keeps beating: the client
+    waits (six heartbeat deadlines here) instead of moving again."""
+    agent, sess, ch = _awaiting_cti(0.02)
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    beats = asyncio.create_task(_beat(ch, 0.02, 15, {"type": "cti", "state": "registered", "site": "b"}))
+    await agent._await_cti(sess)
+    assert sess.cti.is_set()
+    await beats
+    ch.q.put_nowait(None)
+    await reader
+
+
+async def test_cti_wait_ends_on_silence_or_a_failure_push() -> None:
+    agent, sess, ch = _awaiting_cti(0.02)
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    t0 = agent.clock()
+    await agent._await_cti(sess)  # nothing comes: silent beyond 2.5 heartbeats
+    assert not sess.cti.is_set() and 0.04 < agent.clock() - t0 < 1.0
+    # A failure at another site (the one left) is not this one's; this site's is.
+    ch.q.put_nowait({"type": "cti", "state": "failed", "site": "a", "error": "x"})
+    ch.q.put_nowait({"type": "heartbeat"})
+    await asyncio.sleep(0.01)
+    assert not sess.cti_failed.is_set()
+    asyncio.get_running_loop().call_later(0.01, ch.q.put_nowait, {"type": "cti", "state": "failed", "site": "b"})
+    sess.last_server_hb = agent.clock() + 10  # the channel looks alive: only the push ends the wait
+    t0 = agent.clock()
+    await agent._await_cti(sess)
+    assert sess.cti_failed.is_set() and not sess.cti.is_set() and agent.clock() - t0 < 1.0
+    ch.q.put_nowait(None)
+    await reader
