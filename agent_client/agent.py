@@ -371,15 +371,21 @@ class Agent:
         line = self.line
         left = line.registrar if line is not None else None
         if self.timings.backup_lines:
-            # The backup line, registered there all along (or a new one if there is none).
-            backup = self.backups.pop(str(guess["site"]), None)
-            line = backup if backup is not None and backup.ext == ext else self._new_line(ext, password, registrar)
-            if backup is not None and backup is not line:
-                backup.close()
+            line = self._line_at(str(guess["site"]), ext, password, registrar)
         elif line is None or line.ext != ext:
             line = self._new_line(ext, password, registrar)
         task = self._spawn(self._register_line(line, registrar), f"pre-register-{self.account}")
         self._pre = _PreRegistration(line, registrar, task, left)
+
+    def _line_at(self, site: str, ext: str, password: str, registrar: tuple[str, int]) -> PhoneLine:
+        """(backup_lines) The device's line at ``site``: its backup line there, registered
+        all along, or a new one if it has none for ``ext``."""
+        backup = self.backups.pop(site, None)
+        if backup is not None and backup.ext == ext:
+            return backup
+        if backup is not None:
+            backup.close()
+        return self._new_line(ext, password, registrar)
 
     def _new_line(self, ext: str, password: str, registrar: tuple[str, int]) -> PhoneLine:
         # A dual-line phone's lines may share the extension (the lab numbers both sites
@@ -451,7 +457,7 @@ class Agent:
             return False
         if not self.timings.backup_lines:
             return True
-        return all(self.backups.get(s) is not None and self.backups[s].state is LineState.REGISTERED
+        return all((b := self.backups.get(s)) is not None and b.state is LineState.REGISTERED
                    for s in self.lines if s != self.site)
 
     # -- the main loop -------------------------------------------------------------
@@ -634,13 +640,9 @@ class Agent:
             self.line = pre.line
         elif self.timings.backup_lines and (self.line is None
                                             or (self.line.ext, self.line.peer) != (ext, registrar[0])):
-            backup = self.backups.pop(sess.site, None)
             if self.line is not None:
                 self._shelve(self.line, failed=not old_answers)
-            if backup is not None and backup.ext != ext:
-                backup.close()
-                backup = None
-            self.line = backup if backup is not None else self._new_line(ext, str(sip["password"]), registrar)
+            self.line = self._line_at(sess.site, ext, str(sip["password"]), registrar)
         elif not self.timings.backup_lines and (self.line is None or self.line.ext != ext):
             if self.line is not None:
                 self.line.close()
