@@ -689,19 +689,27 @@ class Agent:
         """Until the CTI registration is pushed, or fails, or the session ends (a login this
         client gave up on can still complete at a busy service and replace this one: seen
         in a 1,000-agent failover), or the channel falls silent for ``heartbeat_misses``
-        intervals or closes, or ``cti_timeout_s`` passes."""
+        intervals or closes, or ``cti_timeout_s`` passes. Heartbeats go out meanwhile, as
+        when ready: the session's deadline at the service runs from the last one (a wait
+        without them outlived the session: "session ended" after 35 s, and a login again)."""
         hb = sess.heartbeat_s
         asked = self.clock()
         deadline = asked + self.timings.cti_timeout_s
         waits = [asyncio.ensure_future(e.wait()) for e in (sess.cti, sess.ended, sess.cti_failed)]
         try:
             while not any(w.done() for w in waits) and sess.ws is not None and not sess.ws.closed:
+                now = self.clock()
+                if now >= sess.pushed_at + hb:
+                    sess.pushed_at = now
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await sess.ws.send_json({"type": "heartbeat"})
                 until = min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * hb)
-                left = until - self.clock()
+                left = until - now
                 if left <= 0:
                     return
-                # Wakes at least every heartbeat: a closed channel is seen within one.
-                await asyncio.wait(waits, timeout=min(left, hb), return_when=asyncio.FIRST_COMPLETED)
+                # Wakes for the next heartbeat at the latest: a closed channel is seen then.
+                await asyncio.wait(waits, timeout=min(left, sess.pushed_at + hb - now),
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()

@@ -317,6 +317,8 @@ async def test_cti_is_awaited_while_the_channel_lives_past_a_fixed_timeout() -> 
     beats = asyncio.create_task(_beat(ch, 0.02, 15, {"type": "cti", "state": "registered", "site": "b"}))
     await agent._await_cti(sess)
     assert sess.cti.is_set()
+    # ... and keeps the session alive at the service meanwhile: a heartbeat per interval.
+    assert len([m for m in ch.sent if m == {"type": "heartbeat"}]) >= 3
     await beats
     ch.q.put_nowait(None)
     await reader
