@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
+from controlplane.errors import PbxCommandError
 from controlplane.login.decide import SwitchRule
 from controlplane.login.http import ADMISSION, build_app
 from controlplane.login.manager import LoginManager, normalize_mac
@@ -615,6 +616,35 @@ async def test_move_rehomes_the_session_in_place(client: TestClient[Any, Any], e
         assert r.status == 200
         await mgr_b.drain()
         assert env.pbx["b"].members["sales-b"] == {} and env.dir.held == {}
+    finally:
+        await cb.close()
+
+
+async def test_a_move_asked_again_after_a_failed_cti_registration_tries_it_again(
+        client: TestClient[Any, Any], env: Env) -> None:
+    """The client asks for the move again when its CTI registration at the new site failed
+    (the service's "failed" push); the session is already there, and its CTI registration
+    is tried again, not left undone."""
+    status, body = await _login(client, 1)
+    assert status == 200
+    mgr_b, cb = await _at_b(env)
+    try:
+        await mgr_b.on_event("b", env.pbx["b"].emit(EventKind.PHONE_REGISTERED, endpoint="3001"))
+        env.pbx["b"].fail_adds = PbxCommandError("QueueAdd: Unable to add interface: out of memory")
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 200
+        await mgr_b.drain()
+        env.pbx["b"].fail_adds = None
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and (s.site, s.state) == ("b", "awaiting_phone")
+        adds = len([c for c in env.pbx["b"].calls if c[0] == "QueueAdd"])
+        r = await cb.post("/v1/move", json={"session_id": body["session_id"], "token": body["token"]})
+        assert r.status == 200 and (await r.json())["site"] == "b"
+        await mgr_b.drain()
+        assert len([c for c in env.pbx["b"].calls if c[0] == "QueueAdd"]) > adds
+        s = await env.sessions.get(body["session_id"])
+        assert s is not None and s.state == "cti_registered"
+        assert "PJSIP/3001" in env.pbx["b"].members["sales-b"]
     finally:
         await cb.close()
 

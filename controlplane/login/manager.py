@@ -278,7 +278,11 @@ class LoginManager:
             raise LoginRefused("unknown_mac", 404, f"mac: {old.mac} has no line at site {target.id}")
         line, queues = found
         if old.site == target.id:
-            # Already here (a retried move, or a client that lost only its channel).
+            # Already here (a retried move, or a client that lost only its channel). A
+            # client asks again when its CTI registration here failed (the service's
+            # "failed" push): it is tried again, or the client would wait for one forever.
+            if old.state != "cti_registered" and (target.id, line.extension) not in self._in_flight:
+                self._expect_cti(target.id, line.extension, sid)
             return LoginResult(old, token, self._payload(old, token, target, line, "move"))
         new = LiveSession(id=old.id, account=old.account, site=target.id, extension=line.extension,
                           vaid=old.vaid, mac=old.mac, queues=queues, created_at=old.created_at)
@@ -288,14 +292,19 @@ class LoginManager:
         # own service guards with the session's site when it gets there).
         self.pending[old.site].forget(old.extension, sid)
         self._forget_wave(old.site, old.extension)
-        self.pending[target.id].wait(line.extension, sid, self.clock.now())
-        if line.extension in self.registered[target.id]:
-            self.spawn(self._cti_register(target.id, line.extension))
-        else:
-            self._wave(target.id).expect(line.extension)
+        self._expect_cti(target.id, line.extension, sid)
         self.spawn(self._left(old, target.id, line.extension))
         log.info("moved %s from %s to %s vaid %d ext %s", old.account, old.site, target.id, old.vaid, line.extension)
         return LoginResult(new, token, self._payload(new, token, target, line, "move"))
+
+    def _expect_cti(self, site: str, extension: str, sid: str) -> None:
+        """A moved session's CTI registration at ``site``: at once if its phone is registered
+        there, else when it is (a mass move's adds wait for the wave, login/wave.py)."""
+        self.pending[site].wait(extension, sid, self.clock.now())
+        if extension in self.registered[site]:
+            self.spawn(self._cti_register(site, extension))
+        else:
+            self._wave(site).expect(extension)
 
     def _wave(self, site: str) -> MoveWave:
         w = self.waves.get(site)
