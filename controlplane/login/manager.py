@@ -456,8 +456,7 @@ class LoginManager:
                 log.warning("CTI registration at %s of extension %s failed: %s: %s", site, extension,
                             type(exc).__name__, exc)
                 if sid is not None:
-                    await self._notify(sid, {"type": "cti", "state": "failed", "site": site,
-                                             "error": type(exc).__name__})
+                    await self._cti_failed(sid, site, type(exc).__name__)
                 return
             log.info("CTI registration at %s of %s: %s; retrying", site, extension, type(exc).__name__)
             self.pending[site].wait(extension, sid, self.clock.now(), keep=True)
@@ -489,7 +488,7 @@ class LoginManager:
         except (PbxUnreachable, LinkLost) as exc:
             if pbx.state is LinkState.UP:  # a slow command on a live link: a real failure
                 log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
-                await self._notify(sid, {"type": "cti", "state": "failed", "site": site, "error": str(exc)})
+                await self._cti_failed(sid, site, str(exc))
                 return
             # The link dropped mid-way (a PBX restarting, an overloaded one): the session
             # waits again and is retried when the link is back up (on_event, PBX_UP).
@@ -498,7 +497,7 @@ class LoginManager:
             return
         except PbxError as exc:
             log.warning("CTI registration of %s at %s failed: %s", s.account, site, exc)
-            await self._notify(sid, {"type": "cti", "state": "failed", "site": site, "error": str(exc)})
+            await self._cti_failed(sid, site, str(exc))
             return
         if not await self.sessions.set_state(sid, "cti_registered", site=site):
             # Ended, or moved to another site, while its members were added here.
@@ -507,6 +506,10 @@ class LoginManager:
             return
         await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
                                  "queues": [q for q, _ in s.queues]})
+
+    async def _cti_failed(self, sid: str, site: str, error: str) -> None:
+        """The client is told its CTI registration at ``site`` failed (it asks again)."""
+        await self._notify(sid, {"type": "cti", "state": "failed", "site": site, "error": error})
 
     async def _notify(self, sid: str, msg: dict[str, Any]) -> None:
         if self.push is not None:
