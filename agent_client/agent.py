@@ -414,7 +414,7 @@ class Agent:
         self.backups[site] = line
         if failed:
             line.hold()
-            self._spawn(self._keep_backup(site, line, self._retry_delay()), f"backup-{self.account}-{site}")
+            self._start_backup(site, line, self._retry_delay())
 
     def _retry_delay(self) -> float:
         return self.timings.backup_retry_s * (0.5 + 0.5 * self._rng.random())
@@ -428,14 +428,18 @@ class Agent:
                 continue
             line = self.backups[site] = self._new_line(str(info["extension"]), str(info["sip"]["password"]),
                                                        _registrar(info))
-            self._spawn(self._keep_backup(site, line, 0.0), f"backup-{self.account}-{site}")
+            self._start_backup(site, line, 0.0)
+
+    def _start_backup(self, site: str, line: PhoneLine, delay: float) -> None:
+        """Start keeping a backup line registered, unless that is under way for its site."""
+        if site in self._backing or self._stopping:
+            return
+        self._backing.add(site)
+        self._spawn(self._keep_backup(site, line, delay), f"backup-{self.account}-{site}")
 
     async def _keep_backup(self, site: str, line: PhoneLine, delay: float) -> None:
         """Register a backup line, and try again every retry interval while it fails (its
         site is down), as a desk phone does; once registered, the line refreshes itself."""
-        if site in self._backing:
-            return
-        self._backing.add(site)
         try:
             while not self._stopping and self.backups.get(site) is line:
                 if delay > 0:
@@ -572,14 +576,10 @@ class Agent:
         """The answer to a request over the session channel, waited for while the channel
         shows life (see ``move_timeout_s``); TimeoutError once it falls silent or the
         limit passes, ConnectionError if it closes."""
-        hb = sess.heartbeat_s
         asked = self.clock()
         deadline = asked + self.timings.move_timeout_s
         while True:
-            # Silence counts from the request at the earliest: the channel was alive enough
-            # to be asked, and the answer is the next thing it owes us.
-            until = min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * hb)
-            left = until - self.clock()
+            left = self._alive_until(sess, asked, deadline) - self.clock()
             if left <= 0:
                 raise TimeoutError
             # asyncio.wait, not timeout+shield: a wait that runs out raises nothing through
@@ -685,6 +685,18 @@ class Agent:
         self._keep_backups()
         return True
 
+    def _alive_until(self, sess: _Session, asked: float, deadline: float) -> float:
+        """Until when a request's answer is waited for: while the channel shows life (a
+        message within ``heartbeat_misses`` intervals, counted from the request at the
+        earliest: the channel was alive enough to be asked), and not past ``deadline``."""
+        return min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * sess.heartbeat_s)
+
+    async def _heartbeat(self, sess: _Session, ws: aiohttp.ClientWebSocketResponse, now: float) -> None:
+        """One client heartbeat: it pushes the session's deadline at the service."""
+        sess.pushed_at = now
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json({"type": "heartbeat"})
+
     async def _await_cti(self, sess: _Session) -> None:
         """Until the CTI registration is pushed, or fails, or the session ends (a login this
         client gave up on can still complete at a busy service and replace this one: seen
@@ -700,11 +712,8 @@ class Agent:
             while not any(w.done() for w in waits) and sess.ws is not None and not sess.ws.closed:
                 now = self.clock()
                 if now >= sess.pushed_at + hb:
-                    sess.pushed_at = now
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await sess.ws.send_json({"type": "heartbeat"})
-                until = min(deadline, max(asked, sess.last_server_hb) + self.timings.heartbeat_misses * hb)
-                left = until - now
+                    await self._heartbeat(sess, sess.ws, now)
+                left = self._alive_until(sess, asked, deadline) - now
                 if left <= 0:
                     return
                 # Wakes for the next heartbeat at the latest: a closed channel is seen then.
@@ -767,8 +776,8 @@ class Agent:
         if ev.kind is LineEventKind.REGISTRATION_FAILED:
             # A backup line's refresh failed (its site went down): it tries again later.
             for site, backup in self.backups.items():
-                if backup.registrar == ev.registrar and site not in self._backing and not self._stopping:
-                    self._spawn(self._keep_backup(site, backup, self._retry_delay()), f"backup-{self.account}-{site}")
+                if backup.registrar == ev.registrar:
+                    self._start_backup(site, backup, self._retry_delay())
         if self.state not in (AgentState.READY, AgentState.SUSPECT):
             return
         if self.line is None or ev.registrar != self.line.registrar:
@@ -812,9 +821,7 @@ class Agent:
                 if ws is not None and not ws.closed:
                     if now >= next_hb:
                         next_hb = now + hb
-                        sess.pushed_at = now
-                        with contextlib.suppress(ConnectionError, RuntimeError):
-                            await ws.send_json({"type": "heartbeat"})
+                        await self._heartbeat(sess, ws, now)
                     late_at = sess.last_server_hb + t.heartbeat_misses * hb
                     if now > late_at:
                         self.detector.fail(Signal.SESSION_CHANNEL)
