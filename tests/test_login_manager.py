@@ -404,6 +404,56 @@ async def test_reconcile_removes_only_our_members_without_a_live_session_there(
     assert await env.mgr.reconcile_site("a") == 0  # nothing to do while it is down
 
 
+async def test_reconcile_keeps_the_members_of_a_session_that_arrives_during_its_read(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    """A site's full member read takes seconds at 10,000 members; a session that moves (or
+    logs in) there meanwhile, with its members added before the read ends, is not stale."""
+    pbx = env.pbx["a"]
+    real_status = pbx.queue_status
+    arrived: dict[str, Any] = {}
+
+    async def status_while_one_logs_in(queue: str | None = None, member: str | None = None) -> list[Any]:
+        if queue is None and not arrived:  # the reconcile's full read: a login lands during it
+            _, arrived["body"] = await _login(client, 3)
+            await env.mgr.on_event("a", pbx.emit(EventKind.PHONE_REGISTERED, endpoint="2003"))
+            await env.mgr.drain()
+        return await real_status(queue, member)
+
+    pbx.queue_status = status_while_one_logs_in  # type: ignore[method-assign]
+    assert await env.mgr.reconcile_site("a") == 0
+    assert set(pbx.members["sales-a"]) == {"PJSIP/2003"} and set(pbx.members["vip-a"]) == {"PJSIP/2003"}
+    assert ("QueueRemove", "sales-a", "PJSIP/2003") not in pbx.calls
+
+
+async def test_cti_registration_finishing_after_its_session_was_replaced_leaves_the_successors_members(
+    client: TestClient[Any, Any], env: Env
+) -> None:
+    """The agent logs in again on the same phone while its first session's CTI registration
+    is adding members: the first one's late clean-up must not remove what the second shares
+    (its read-back then found them missing: 'queue read-back: PJSIP/... missing')."""
+    _, first = await _login(client, 1)
+    pbx = env.pbx["a"]
+    real_add = pbx.queue_add
+    second: dict[str, Any] = {}
+
+    async def add_then_login_again(queue: str, interface: str, name: str = "", penalty: int = 0) -> None:
+        await real_add(queue, interface, name=name, penalty=penalty)
+        if not second:
+            _, second["body"] = await _login(client, 1)  # replaces the first session
+            await asyncio.sleep(0)
+
+    pbx.queue_add = add_then_login_again  # type: ignore[method-assign]
+    await env.mgr.on_event("a", pbx.emit(EventKind.PHONE_REGISTERED, endpoint="2001"))
+    await env.mgr.drain()
+    sid2 = second["body"]["session_id"]
+    assert sid2 != first["session_id"] and await env.sessions.get(first["session_id"]) is None
+    assert set(pbx.members["sales-a"]) == {"PJSIP/2001"} and set(pbx.members["vip-a"]) == {"PJSIP/2001"}
+    assert not [c for c in pbx.calls if c[0] == "QueueRemove"]
+    s2 = await env.sessions.get(sid2)
+    assert s2 is not None and s2.state == "cti_registered"
+
+
 async def test_cti_registration_interrupted_by_a_link_drop_is_retried_when_the_link_is_back(
     client: TestClient[Any, Any], env: Env
 ) -> None:

@@ -500,9 +500,11 @@ class LoginManager:
             await self._cti_failed(sid, site, str(exc))
             return
         if not await self.sessions.set_state(sid, "cti_registered", site=site):
-            # Ended, or moved to another site, while its members were added here.
+            # Ended, or moved to another site, while its members were added here. A login
+            # that replaced it on the same phone here shares these members: they stay.
             log.info("session of %s left %s during its CTI registration; removing its members", s.account, site)
-            await _remove_members(pbx, [q for q, _ in s.queues], iface)
+            keep = await self._successor_queues(s, site, extension)
+            await _remove_members(pbx, [q for q, _ in s.queues if q not in keep], iface)
             return
         await self._notify(sid, {"type": "cti", "state": "registered", "site": site,
                                  "queues": [q for q, _ in s.queues]})
@@ -530,16 +532,7 @@ class LoginManager:
     async def _cleanup(self, s: LiveSession, why: str) -> None:
         self.pending[s.site].forget(s.extension, s.id)
         self._forget_wave(s.site, s.extension)
-        # A session replaced by a new login of the same agent on the same phone at the same
-        # site shares its queue members (same interface): removing them would pull the rug
-        # from under the new session's CTI registration (seen in a 1,000-agent failover,
-        # where a login that timed out at the client still completed at the service).
-        keep: set[str] = set()
-        current = await self.sessions.current(s.account)
-        if current is not None and current != s.id:
-            successor = await self.sessions.get(current)
-            if successor is not None and (successor.site, successor.extension) == (s.site, s.extension):
-                keep = {q for q, _ in successor.queues}
+        keep = await self._successor_queues(s, s.site, s.extension)
         pbx = self.pbx.get(s.site)
         if pbx is not None and pbx.state is LinkState.UP:
             await _remove_members(pbx, [q for q, _ in s.queues if q not in keep], f"PJSIP/{s.extension}")
@@ -550,6 +543,21 @@ class LoginManager:
         # this one the login that replaced it): the service's push relays it there.
         await self._notify(s.id, {"type": "session", "state": "ended", "why": why})
         log.info("session of %s at %s ended (%s)", s.account, s.site, why)
+
+    async def _successor_queues(self, s: LiveSession, site: str, extension: str) -> set[str]:
+        """The queues whose member ``PJSIP/<extension>`` at ``site`` is not ``s``'s to remove:
+        the agent's current session, if another one, on the same phone at the same site (a
+        login that replaced ``s``) holds them too, under the same interface. Removing them
+        would pull the rug from under that session's CTI registration (seen in a 1,000-agent
+        failover, where a login that timed out at the client still completed at the service;
+        and when ``s``'s own CTI registration finished after the replacement)."""
+        current = await self.sessions.current(s.account)
+        if current is None or current == s.id:
+            return set()
+        successor = await self.sessions.get(current)
+        if successor is None or (successor.site, successor.extension) != (site, extension):
+            return set()
+        return {q for q, _ in successor.queues}
 
     @property
     def push_channel(self) -> str:
@@ -571,10 +579,15 @@ class LoginManager:
         pbx = self.pbx.get(site)
         if pbx is None or pbx.state is not LinkState.UP:
             return 0
+        # Members first, sessions after: a session moved here is stored before its members
+        # are added, so every member in this read has its session in the next. The other
+        # order removed the members of sessions that moved here between the two reads (a
+        # full read of a 10,000-member site takes seconds, during a mass move).
+        members = await pbx.queue_status()
         live = {(q, f"PJSIP/{s.extension}") for s in await self.sessions.all() if s.site == site
                 for q, _ in s.queues}
         removed = 0
-        for m in await pbx.queue_status():
+        for m in members:
             if MEMBER_NAME.match(m.name) and (m.queue, m.interface) not in live:
                 try:
                     await pbx.queue_remove(m.queue, m.interface)
