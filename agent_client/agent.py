@@ -154,6 +154,10 @@ class FailureDetector:
         self.failing: dict[Signal, float] = {}
         self.certain: set[Signal] = set()  # failing signals that leave no doubt
         self._two_since: float | None = None
+        #: the longest time two signals failed together without confirming, and which: how
+        #: close a blip came to moving the agent (drill reports; reset() keeps it)
+        self.near_miss_s = 0.0
+        self.near_miss_signals: tuple[str, ...] = ()
 
     def fail(self, sig: Signal, certain: bool = False) -> None:
         if certain and sig not in self.certain:
@@ -172,8 +176,14 @@ class FailureDetector:
 
     def ok(self, sig: Signal) -> None:
         self.certain.discard(sig)
-        if self.failing.pop(sig, None) is None:
+        if sig not in self.failing:
             return
+        if len(self.failing) == 2 and self._two_since is not None:
+            span = self.now() - self._two_since
+            if span > self.near_miss_s:
+                self.near_miss_s = span
+                self.near_miss_signals = tuple(sorted(s.value for s in self.failing))
+        del self.failing[sig]
         if len(self.failing) < 2:
             self._two_since = None
         if self.on_change is not None:

@@ -58,6 +58,17 @@ def test_a_blip_that_clears_within_the_hold_confirms_nothing() -> None:
     d.ok(Signal.SIP_PROBE)  # the network came back
     c.t += 1.0
     assert not d.confirmed()
+    # How close it came, for the drill report: 0.3 s of the 0.5 s hold, and by which signals.
+    assert abs(d.near_miss_s - 0.3) < 1e-9 and d.near_miss_signals == ("pbx_state", "sip_probe")
+    d.fail(Signal.SIP_PROBE)
+    c.t += 0.1
+    d.ok(Signal.PBX_STATE)  # a shorter overlap leaves the longest one
+    assert abs(d.near_miss_s - 0.3) < 1e-9
+    d.fail(Signal.PBX_STATE)
+    c.t += 0.6
+    assert d.confirmed()
+    d.reset()  # a confirmed failure is not a near miss
+    assert abs(d.near_miss_s - 0.3) < 1e-9
     d.fail(Signal.SIP_PROBE)  # a new blip starts the hold again
     c.t += 0.3
     assert not d.confirmed()

@@ -19,6 +19,7 @@ async def _drill(name: str, lab_topology: Any) -> dict[str, Any]:
     rep = await run_drill(load_scenario(DRILLS / f"{name}.yaml"))
     failed = [c for c in rep["expectations"] if not c["ok"]]
     if failed:  # whole stories in the captured output: the assertion's repr cuts them short
+        print("near miss:", rep["near_miss"])
         for a in rep["slowest_agents"][:2] + rep["unverified_agents"][:2]:
             print(a["account"], *(f"\n  {e}" for e in a["events"]))
     assert rep["passed"], (failed, rep["slowest_agents"][:1], rep["unverified_agents"][:2])
@@ -40,6 +41,7 @@ async def test_site_fault_moves_every_agent_to_b(name: str, lab_topology: Any) -
 
 async def test_twenty_one_second_blips_move_nobody(lab_topology: Any) -> None:
     rep = await _drill("blips-a", lab_topology)
+    print("near miss:", rep["near_miss"])  # the margin the blips left (shown if this fails)
     assert [f["action"] for f in rep["faults"]].count("cut") == 20
     assert rep["moved_agents"] == 0 and rep["final_sites"] == {"a": 200, "b": 0}
 

@@ -378,6 +378,13 @@ class Drill:
         stuck = [{"account": a.account, "state": a.state.value, "site": a.site,
                   "events": [[round(e.at - self.t0, 3), e.state.value, e.site, e.detail] for e in a.events[-8:]]}
                  for a in self.agents if a.account not in verified][:3]
+        # How close the faults came to moving agents that stayed: the longest two-signal
+        # overlap that ended unconfirmed (a blip drill's margin against the hold).
+        hold = self.timings.confirm_hold_s
+        closest = max(self.agents, key=lambda a: a.detector.near_miss_s, default=None)
+        near_miss = {"hold_s": hold, "max_s": round(closest.detector.near_miss_s, 3) if closest else 0.0,
+                     "signals": list(closest.detector.near_miss_signals) if closest else [],
+                     "agents_over_half_hold": sum(1 for a in self.agents if a.detector.near_miss_s > hold / 2)}
         lost = sc.agents - len(verified)
         checks: list[dict[str, Any]] = []
         exp = sc.expect
@@ -408,6 +415,7 @@ class Drill:
             "agents_at_both_sites": both,
             "moved_agents": moved,
             "moved_by": moved_by,
+            "near_miss": near_miss,
             "final_sites": final,
             "recovery_s": {"p50": round(percentile(recov, .5), 3), "p95": round(percentile(recov, .95), 3),
                            "max": round(max(recov), 3) if recov else 0.0,
