@@ -17,6 +17,8 @@ from controlplane.errors import LabError
 from lab.layout import BRIDGE, HOST_ADDRESS, PREFIX_LEN, SUBNET_PREFIX, SiteSpec
 from lab.system import run
 
+ICMP_RATEMASK = "/proc/sys/net/ipv4/icmp_ratemask"  # per namespace: the reader's own
+
 
 def _link_exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
@@ -73,7 +75,20 @@ def ensure_site_netns(s: SiteSpec) -> bool:
             f"route site {s.id}", check=False)
         created = True
     run(["ip", "link", "set", s.host_if, "up"], f"bring {s.host_if} up")
+    # No ICMP rate limit inside a site: the lab's phones all share the simulator's one
+    # address, and Linux sends about one ICMP error a second per destination host (burst 6),
+    # so a killed Asterisk's "port unreachable" reached ~200 of 10,000 phones in a failover
+    # while the rest waited out their probe's timeout. Real phones are hosts of their own,
+    # each told at once. (icmp_ratemask=0: no ICMP type is rate-limited, per peer or globally.)
+    run(["ip", "netns", "exec", s.netns, "sh", "-c", f"echo 0 > {ICMP_RATEMASK}"],
+        f"lift the ICMP rate limit in {s.netns}")
     return created
+
+
+def icmp_ratemask(s: SiteSpec) -> int:
+    """The site namespace's ICMP rate-limit mask (0: no ICMP type is limited)."""
+    out = run(["ip", "netns", "exec", s.netns, "cat", ICMP_RATEMASK], f"read the ICMP rate mask of {s.netns}")
+    return int(out.stdout.strip())
 
 
 def remove_site_netns(s: SiteSpec) -> None:

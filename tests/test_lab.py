@@ -157,6 +157,38 @@ def test_cut_isolates_site_both_ways_and_heal_restores(
     assert _reachable(b.address, 5038, netns=a.netns)
 
 
+def test_every_phone_is_told_a_sites_port_is_closed(lab_topology: Topology) -> None:
+    """The lab's phones share one address; Linux would send ICMP errors to it about once a
+    second. A site's namespace limits none, so each of 200 datagrams to a closed port gets
+    its own "port unreachable" (real phones, each a host of its own, would)."""
+    import time
+
+    from agent_client.sip.transport import IP_RECVERR, MSG_ERRQUEUE
+    from lab.network import icmp_ratemask
+
+    assert icmp_ratemask(site("a")) == 0 and icmp_ratemask(site("b")) == 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    sock.setblocking(False)
+    errors = 0
+    try:
+        for i in range(200):
+            try:
+                sock.sendto(b"probe %d" % i, (site("a").address, 5999))
+            except ConnectionRefusedError:  # an earlier datagram's error (still queued), not sent
+                sock.sendto(b"probe %d" % i, (site("a").address, 5999))
+        deadline = time.monotonic() + 2
+        while errors < 200 and time.monotonic() < deadline:
+            try:
+                sock.recvmsg(512, 512, MSG_ERRQUEUE)
+                errors += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        sock.close()
+    assert errors == 200
+
+
 def test_status_json_names_every_component(lab_topology: Topology) -> None:
     r = CliRunner().invoke(cli, ["lab", "status", "--json"])
     assert r.exit_code == 0

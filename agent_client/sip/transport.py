@@ -123,6 +123,9 @@ class TransportStats:
     unreachable: int = 0  # transactions ended by an ICMP destination-unreachable
     last_error: str = ""
     by_status: dict[int, int] = field(default_factory=dict)
+    #: datagrams sent per "host METHOD" (responses as "host SIP/2.0"), retransmissions
+    #: included: where a fleet's traffic goes during a failover (bench/failover)
+    sent_to: dict[str, int] = field(default_factory=dict)
 
 
 class SipTransport(asyncio.DatagramProtocol):
@@ -338,7 +341,10 @@ class SipTransport(asyncio.DatagramProtocol):
         if self._sendto is None:
             raise SipTransportClosed("SIP transport is closed")
         self.stats.sent += 1
-        self._sendto(msg if isinstance(msg, bytes) else msg.encode(), addr)
+        data = msg if isinstance(msg, bytes) else msg.encode()
+        key = f"{addr[0]} {data[:data.find(b' ')].decode('ascii', 'replace')}"
+        self.stats.sent_to[key] = self.stats.sent_to.get(key, 0) + 1
+        self._sendto(data, addr)
 
     def request(
         self, msg: SipMessage, addr: Addr, on_provisional: Callable[[SipMessage], None] | None = None,

@@ -252,7 +252,8 @@ class Drill:
             # state rescanned by full collections paused it 5 s in the minute after a fault.
             gc_restore = gcpolicy.install(load_topology(self.topology).timings.gc)
             self.t0 = time.monotonic()
-            self.sip_at_fault = dataclasses.replace(transport.stats, by_status={})
+            self.sip_at_fault = dataclasses.replace(transport.stats, by_status={},
+                                                    sent_to=dict(transport.stats.sent_to))
             samples: list[dict[str, Any]] = []
 
             async def sample() -> None:
