@@ -47,6 +47,9 @@ from .sip.ua import Gate, LineEvent, LineEventKind, LineState, PhoneLine
 log = logging.getLogger(__name__)
 
 
+_HEARTBEAT = json.dumps({"type": "heartbeat"})  # serialized once: 1,000 a second from 10,000 agents
+
+
 class Signal(enum.Enum):
     PBX_STATE = "pbx_state"  # the login service says the site's PBX is down
     SESSION_CHANNEL = "session_channel"  # the WebSocket to the login service is gone
@@ -106,7 +109,12 @@ class AgentTimings:
     #: one-second network blip leaves the SIP probe failing (above: 0.8 s); 20 such
     #: blips must move nobody.
     confirm_hold_s: float = 1.0
-    register_expires: int = 120
+    #: the expiry asked for each line's registration (refreshed at 60-80 % of it). Desk
+    #: phones default to 3,600 s, and `ccdr provision` leaves that alone; the probes, not the
+    #: refreshes, find a dead registrar. At 120 s, 10,000 dual-line agents refreshed 240
+    #: lines a second (two transactions each, digest auth): a tenth of the simulator's core
+    #: and load on both Asterisks before any fault.
+    register_expires: int = 600
     #: keep the device's line at every other site registered too: a dual-line desk phone, as
     #: ``ccdr provision`` configures them (account 1 at the home site, account 2 at the
     #: backup site). A failover then needs no registration at the survivor, only the move
@@ -284,6 +292,9 @@ class _Session:
     how: str = "login"  # how it came to this site: "login", "move request", "move in channel"
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     cti_failed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set by the channel's reader when cti, cti_failed or ended is, and when the channel
+    #: closes: what the CTI wait sleeps on
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_server_hb: float = 0.0
 
     @property
@@ -705,7 +716,7 @@ class Agent:
         """One client heartbeat: it pushes the session's deadline at the service."""
         sess.pushed_at = now
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_json({"type": "heartbeat"})
+            await ws.send_str(_HEARTBEAT)
 
     async def _await_cti(self, sess: _Session) -> None:
         """Until the CTI registration is pushed, or fails, or the session ends (a login this
@@ -717,21 +728,26 @@ class Agent:
         hb = sess.heartbeat_s
         asked = self.clock()
         deadline = asked + self.timings.cti_timeout_s
-        waits = [asyncio.ensure_future(e.wait()) for e in (sess.cti, sess.ended, sess.cti_failed)]
-        try:
-            while not any(w.done() for w in waits) and sess.ws is not None and not sess.ws.closed:
-                now = self.clock()
-                if now >= sess.pushed_at + hb:
-                    await self._heartbeat(sess, sess.ws, now)
-                left = self._alive_until(sess, asked, deadline) - now
-                if left <= 0:
-                    return
-                # Wakes for the next heartbeat at the latest: a closed channel is seen then.
-                await asyncio.wait(waits, timeout=min(left, sess.pushed_at + hb - now),
-                                   return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        loop = asyncio.get_running_loop()
+        while not (sess.cti.is_set() or sess.ended.is_set() or sess.cti_failed.is_set()):
+            if sess.ws is None or sess.ws.closed:
+                return
+            now = self.clock()
+            if now >= sess.pushed_at + hb:
+                await self._heartbeat(sess, sess.ws, now)
+                continue  # the outcome may have come meanwhile
+            left = self._alive_until(sess, asked, deadline) - now
+            if left <= 0:
+                return
+            # Wakes for the next heartbeat at the latest: a closed channel is seen then. One
+            # event and a timer, not a task per outcome: three tasks per agent were most of
+            # a 5,000-agent simulator's CTI wait (py-spy).
+            sess.changed.clear()
+            timer = loop.call_later(min(left, sess.pushed_at + hb - now), sess.changed.set)
+            try:
+                await sess.changed.wait()
+            finally:
+                timer.cancel()
 
     async def _open_channel(self, sess: _Session) -> None:
         if sess.ws is not None and not sess.ws.closed:
@@ -755,10 +771,13 @@ class Agent:
                 self.detector.ok(Signal.SESSION_CHANNEL)
             if kind == "hello" and data.get("cti") == "cti_registered":
                 sess.cti.set()
+                sess.changed.set()
             elif kind == "cti" and data.get("state") == "registered" and data.get("site", sess.site) == sess.site:
                 sess.cti.set()
+                sess.changed.set()
             elif kind == "cti" and data.get("state") == "failed" and data.get("site", sess.site) == sess.site:
                 sess.cti_failed.set()
+                sess.changed.set()
             elif kind in ("moved", "move_refused"):
                 if sess.move_reply is not None and not sess.move_reply.done():
                     if kind == "moved" and not isinstance(data.get("session"), dict):
@@ -776,7 +795,9 @@ class Agent:
                     self.detector.fail(Signal.PBX_STATE)
             elif kind == "session" and data.get("state") == "ended":
                 sess.ended.set()
+                sess.changed.set()
                 self._wake.set()
+        sess.changed.set()  # closed
         if sess.move_reply is not None and not sess.move_reply.done():
             sess.move_reply.set_exception(ConnectionError("session channel closed"))
         if self.session is sess:
@@ -825,7 +846,7 @@ class Agent:
                     self._to(want, ", ".join(s.value for s in self.detector.failing))
                 probes.failing(failing, now)
                 if probes.take(now):
-                    self._spawn(self._probe(), f"probe-{self.account}")
+                    self._probe()
                 ws = sess.ws
                 due = [probes.next, self.detector.confirm_at()]
                 if ws is not None and not ws.closed:
@@ -864,7 +885,11 @@ class Agent:
         t = self.timings
         return t.sip_recovery_probe_timeout_s if Signal.SIP_PROBE in self.detector.failing else t.sip_probe_timeout_s
 
-    async def _probe(self) -> None:
+    def _probe(self) -> None:
+        """Send one SIP probe; :meth:`_probed` reads its outcome. A callback, not a task:
+        each of 10,000 agents probes at once in a failover's first second, and a task per
+        probe (its creation and two more passes through the loop) was a tenth of the
+        simulator's time then (py-spy)."""
         line = self.line
         if line is None or line.registrar is None or self._probing:
             # One probe at a time: during a suspicion burst (every 0.25 s, each waiting up
@@ -873,14 +898,21 @@ class Agent:
             return
         self._probe_sent += 1
         seq = self._probe_sent
-        self._probing = True
         try:
-            await line.probe(self.probe_timeout())
-            ok = True
-        except SipTimeout:
-            ok = False
-        finally:
-            self._probing = False
+            fut = line.send_probe(self.probe_timeout())
+        except SipTimeout:  # the transport is closed: the agent is stopping
+            return
+        self._probing = True
+        fut.add_done_callback(lambda f: self._probed(seq, f))
+
+    def _probed(self, seq: int, fut: asyncio.Future[Any]) -> None:
+        self._probing = False
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, SipTimeout):
+            return
+        ok = exc is None
         # Probes overlap (one every interval, each waiting up to its timeout): a late
         # timeout of an older probe must not undo what a newer one already showed.
         if seq < self._probe_seen:

@@ -158,6 +158,9 @@ class _Channel:
             for m in self.answer:
                 self.q.put_nowait(m)
 
+    async def send_str(self, text: str) -> None:
+        await self.send_json(json.loads(text))
+
     def __aiter__(self) -> _Channel:
         return self
 
