@@ -277,7 +277,7 @@ class _Refused(Exception):
 class _PreRegistration:
     line: PhoneLine
     registrar: tuple[str, int]
-    task: asyncio.Task[LineEvent]
+    task: asyncio.Future[LineEvent]  # a task, or done already (a registered backup line)
     left: tuple[str, int] | None  # the registrar the line was at before
 
 
@@ -395,7 +395,14 @@ class Agent:
             line = self._line_at(str(guess["site"]), ext, password, registrar)
         elif line is None or line.ext != ext:
             line = self._new_line(ext, password, registrar)
-        task = self._spawn(self._register_line(line, registrar), f"pre-register-{self.account}")
+        task: asyncio.Future[LineEvent]
+        if line.state is LineState.REGISTERED and line.registrar == registrar:
+            # A backup line, registered there already: no task (10,000 agents confirm within
+            # a second or two, and each task is one more pass through a crowded loop).
+            task = asyncio.get_running_loop().create_future()
+            task.set_result(self._registered_already(registrar))
+        else:
+            task = self._spawn(self._register_line(line, registrar), f"pre-register-{self.account}")
         self._pre = _PreRegistration(line, registrar, task, left)
 
     def _line_at(self, site: str, ext: str, password: str, registrar: tuple[str, int]) -> PhoneLine:
@@ -420,9 +427,12 @@ class Agent:
         """Register ``line`` at ``registrar``, unless it is registered there already (a
         backup line): then its registration stands, and no REGISTER is sent."""
         if line.state is LineState.REGISTERED and line.registrar == registrar:
-            return LineEvent(LineEventKind.REGISTERED, self.transport.clock.time(), registrar,
-                             "registered there already (backup line)")
+            return self._registered_already(registrar)
         return await line.register(registrar, self.timings.register_expires)
+
+    def _registered_already(self, registrar: tuple[str, int]) -> LineEvent:
+        return LineEvent(LineEventKind.REGISTERED, self.transport.clock.time(), registrar,
+                         "registered there already (backup line)")
 
     def _shelve(self, line: PhoneLine, failed: bool) -> None:
         """The line of a site the agent leaves: closed, or (backup_lines) kept as that site's
