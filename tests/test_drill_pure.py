@@ -220,3 +220,17 @@ def test_the_drill_counts_agents_ready_per_site_from_their_events() -> None:
         assert d.ready == {"a": 0, "b": 1}
     finally:
         shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+async def test_the_fault_waits_for_a_steady_loop() -> None:
+    """After the GC policy's one full collection (a second's pause with 10,000 agents) the
+    fault waits until the loop's short sleeps come back on time three times in a row."""
+    import asyncio
+    import time
+
+    from lab.drill.runner import _steady_loop
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.07, time.sleep, 0.2)  # a pause in the middle of the second sleep
+    waited = await _steady_loop()
+    assert waited >= 0.07 + 0.2 + 3 * 0.05  # three on-time sleeps after the pause
