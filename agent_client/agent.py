@@ -800,6 +800,11 @@ class Agent:
                     self.detector.ok(Signal.PBX_STATE)
                 else:
                     self.detector.fail(Signal.PBX_STATE, certain=bool(data.get("refused")))
+                    if self.session is sess and self.state in (AgentState.READY, AgentState.SUSPECT):
+                        # The second, different signal asked for now, not when the watch loop
+                        # next runs: with 10,000 agents told at once, each pass through the
+                        # loop between the push and the probe's answer is a pass over all.
+                        self._probe()
             elif kind == "hello":
                 if (data.get("pbx") or {}).get(sess.site, "up") != "up":
                     self.detector.fail(Signal.PBX_STATE)

@@ -131,6 +131,40 @@ async def test_a_refused_pbx_push_is_certain_a_silent_one_is_not() -> None:
     await reader
 
 
+async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms() -> None:
+    """The push's reader asks the SIP probe itself (no pass through the watch loop between);
+    the probe's ICMP "unreachable" is read in a callback and, with the refused push, confirms."""
+    from agent_client.sip.transport import SipUnreachable
+
+    ch = _Channel()
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None)  # type: ignore[arg-type]
+    sess = _Session("http://a", _line("a", "2001"), ws=ch)  # type: ignore[arg-type]
+    agent.session, agent.state = sess, AgentState.READY
+    probes: list[asyncio.Future[Any]] = []
+
+    def send_probe(limit_s: float) -> asyncio.Future[Any]:
+        probes.append(asyncio.get_running_loop().create_future())
+        return probes[-1]
+
+    agent.line = SimpleNamespace(registrar=("10.0.0.1", 5060), send_probe=send_probe)  # type: ignore[assignment]
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert len(probes) == 1 and not agent.detector.confirmed()
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert len(probes) == 1  # one probe at a time
+    probes[0].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
+    await asyncio.sleep(0)
+    assert Signal.SIP_PROBE in agent.detector.failing and agent.detector.confirmed()
+    agent.state = AgentState.MOVING  # no probes once moving
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert len(probes) == 1
+    ch.q.put_nowait(None)
+    await reader
+
+
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     b = Backoff(1.0, 30.0, random.Random(3))
     delays = [b.next() for _ in range(8)]
