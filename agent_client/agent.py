@@ -922,12 +922,12 @@ class Agent:
         except SipTimeout:  # the transport is closed: the agent is stopping
             return
         self._probing = True
-        fut.add_done_callback(lambda f: self._probed(seq, f))
+        fut.add_done_callback(lambda f: self._probed(seq, line, f))
 
-    def _probed(self, seq: int, fut: asyncio.Future[Any]) -> None:
+    def _probed(self, seq: int, line: PhoneLine, fut: asyncio.Future[Any]) -> None:
         self._probing = False
-        if fut.cancelled():
-            return
+        if fut.cancelled() or line is not self.line:
+            return  # a probe of the line the agent left (its timeout came after the move)
         exc = fut.exception()
         if exc is not None and not isinstance(exc, SipTimeout):
             return

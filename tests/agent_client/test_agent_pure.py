@@ -161,6 +161,15 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
     await asyncio.sleep(0.01)
     assert len(probes) == 1
+    # A probe's late outcome about the line the agent has left is not about the new one.
+    agent.state, old_line = AgentState.READY, agent.line
+    agent._probe()
+    agent.detector.reset()
+    agent.line = SimpleNamespace(registrar=("10.0.0.2", 5060), send_probe=send_probe)  # type: ignore[assignment]
+    assert len(probes) == 2 and old_line is not agent.line
+    probes[1].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
+    await asyncio.sleep(0)
+    assert not agent.detector.failing
     ch.q.put_nowait(None)
     await reader
 
