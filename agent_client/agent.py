@@ -785,13 +785,10 @@ class Agent:
                 self.detector.ok(Signal.SESSION_CHANNEL)
             if kind == "hello" and data.get("cti") == "cti_registered":
                 sess.cti.set()
-                sess.changed.set()
             elif kind == "cti" and data.get("state") == "registered" and data.get("site", sess.site) == sess.site:
                 sess.cti.set()
-                sess.changed.set()
             elif kind == "cti" and data.get("state") == "failed" and data.get("site", sess.site) == sess.site:
                 sess.cti_failed.set()
-                sess.changed.set()
             elif kind in ("moved", "move_refused"):
                 if sess.move_reply is not None and not sess.move_reply.done():
                     if kind == "moved" and not isinstance(data.get("session"), dict):
@@ -814,8 +811,9 @@ class Agent:
                     self.detector.fail(Signal.PBX_STATE)
             elif kind == "session" and data.get("state") == "ended":
                 sess.ended.set()
-                sess.changed.set()
                 self._wake.set()
+            if kind in ("hello", "cti", "session"):
+                sess.changed.set()  # what the CTI wait looks for may have changed
         sess.changed.set()  # closed
         if sess.move_reply is not None and not sess.move_reply.done():
             sess.move_reply.set_exception(ConnectionError("session channel closed"))

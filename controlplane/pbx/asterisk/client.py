@@ -129,6 +129,10 @@ class AsteriskClient(PbxClient):
         # The PBX's picture as we know it: re-read after every (re)connect.
         self.members: dict[str, dict[str, QueueMember]] = {}
         self.registered: dict[str, Contact] = {}
+        # Contact URIs Asterisk reported removed, until they are created again: a status
+        # event it publishes late (NonQualified, from another taskprocessor) about a contact
+        # already removed must not bring it back (test_ami_lab, twice in CI).
+        self._removed: dict[str, str] = {}  # endpoint -> URI
         self._during_reconcile: list[Frame] | None = None
         self._booted = asyncio.Event()
         # FullyBooted is a "system" event: without it in the mask there is nothing to wait for.
@@ -414,6 +418,7 @@ class AsteriskClient(PbxClient):
                 log.warning("site %s: cannot re-read queue members: %s", self.site, exc)
             try:
                 self.registered = {c.endpoint: c for c in await self.contacts(timeout_s=t)}
+                self._removed.clear()  # a fresh picture
             except (PbxCommandError, PbxUnreachable) as exc:
                 log.warning("site %s: cannot re-read contacts: %s", self.site, exc)
         finally:
@@ -444,9 +449,16 @@ class AsteriskClient(PbxClient):
         if ev is None:
             return None
         d = ev.data
+        status = str(d.get("status", "")).lower()
         if ev.kind is EventKind.PHONE_REGISTERED:
+            if status == "created":
+                self._removed.pop(d["endpoint"], None)
+            elif d["uri"] and self._removed.get(d["endpoint"]) == d["uri"]:
+                return ev  # a late status of a contact already removed
             self.registered[d["endpoint"]] = Contact(d["endpoint"], d["uri"], d["status"])
         elif ev.kind is EventKind.PHONE_UNREGISTERED:
+            if status == "removed" and d["uri"]:
+                self._removed[d["endpoint"]] = d["uri"]
             # With remove_existing, a re-REGISTER from a new address reports the new contact
             # first and the old one's removal after: only drop the contact that went.
             known = self.registered.get(d["endpoint"])
