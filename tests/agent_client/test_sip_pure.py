@@ -484,3 +484,39 @@ async def test_a_port_nobody_listens_on_ends_the_transaction_at_once() -> None:
     finally:
         t.close()
         peer.close()
+
+
+async def test_probe_any_final_answer_proves_the_registrar_alive_silence_times_out() -> None:
+    """``send_probe`` (what the agent reads in a callback) and ``probe`` (its round trip):
+    one OPTIONS to the line's registrar; a 404 is an answer; nothing within the limit is
+    SipTimeout; a line with no registrar has nothing to probe."""
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    reg = FakeRegistrar(t, "lab-1001")
+    answer = [True]
+    options: list[SipMessage] = []
+
+    def wire(data: bytes, addr: tuple[str, int]) -> None:
+        req = parse(data)
+        if req.method != "OPTIONS":
+            reg(data, addr)
+            return
+        options.append(req)
+        if answer[0]:
+            asyncio.get_running_loop().call_soon(t.datagram_received, response_to(req, 404, "Not Found").encode(), addr)
+
+    t._sendto = wire
+    line = PhoneLine(t, "1001", "lab-1001")
+    with pytest.raises(ProtocolError):
+        line.send_probe(0.5)
+    await line.register(("10.77.0.11", 5060), expires=120)
+    resp = await line.send_probe(0.5)
+    assert resp.status == 404 and options[0].uri == "sip:10.77.0.11:5060"
+    assert await line.probe(0.5) >= 0.0 and len(options) == 2
+    answer[0] = False
+    fut = line.send_probe(0.5)
+    clock.advance(0.49)
+    assert not fut.done()
+    clock.advance(0.02)
+    with pytest.raises(SipTimeout):
+        await fut
