@@ -32,6 +32,11 @@ Addr = tuple[str, int]
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
 RECEIVE_BUFFER = 32 * 1024 * 1024
 DRAIN_MAX = 1000  # datagrams read per wake-up at most
+#: ICMP errors read per wake-up at most. Each is cheap (no parse, one future failed) and ends
+#: a transaction its timer would end later: at 1,000, a killed site's 10,000 "port
+#: unreachable" took ten passes of a saturated loop, and 5,923 of 10,002 probes timed out
+#: (0.5 s) with their error still queued (single-line 10,000-agent failover).
+ERRORS_MAX = 20000
 # ICMP errors about datagrams we sent (Linux, ip(7) IP_RECVERR): struct sock_extended_err.
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
@@ -226,7 +231,7 @@ class SipTransport(asyncio.DatagramProtocol):
         self._drain_errors(sock)
 
     def _drain_errors(self, sock: socket.socket) -> None:
-        for _ in range(DRAIN_MAX):
+        for _ in range(ERRORS_MAX):
             try:
                 data, ancdata, _flags, addr = sock.recvmsg(2048, 512, MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):

@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -520,3 +521,46 @@ async def test_probe_any_final_answer_proves_the_registrar_alive_silence_times_o
     clock.advance(0.02)
     with pytest.raises(SipTimeout):
         await fut
+
+
+async def test_one_wake_up_reads_a_whole_burst_of_icmp_errors() -> None:
+    """A killed site answers 10,000 probes with 10,000 "port unreachable" at once. Read
+    1,000 per wake-up, most waited behind a saturated loop's passes until their timeouts
+    fired (5,923 of 10,002 probes in a single-line failover): one wake-up reads them all."""
+    import errno
+    import socket as _socket
+
+    from agent_client.sip.transport import (
+        _EXTENDED_ERR,
+        ICMP_DEST_UNREACH,
+        IP_RECVERR,
+        SO_EE_ORIGIN_ICMP,
+        SipUnreachable,
+    )
+
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    sent: list[bytes] = []
+    t._sendto = lambda data, addr: sent.append(data)
+    dead = ("10.77.0.11", 5060)
+    futs = [t.request(_options(f"z9hG4bKburst{i}"), dead, timeout=0.5) for i in range(3000)]
+    err = _EXTENDED_ERR.pack(errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP, ICMP_DEST_UNREACH, 3, 0, 0)
+
+    class Burst:
+        def __init__(self) -> None:
+            self.queue = list(sent)
+
+        def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+            raise BlockingIOError
+
+        def recvmsg(self, size: int, ancsize: int, flags: int) -> tuple[bytes, list[Any], int, tuple[str, int]]:
+            if not self.queue:
+                raise BlockingIOError
+            return self.queue.pop(0), [(_socket.IPPROTO_IP, IP_RECVERR, err)], 0, dead
+
+    t._sock = Burst()  # type: ignore[assignment]
+    t._drain()
+    assert t.stats.unreachable == 3000 and t.pending == 0
+    for f in futs:
+        with pytest.raises(SipUnreachable):
+            f.result()
