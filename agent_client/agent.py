@@ -50,6 +50,23 @@ log = logging.getLogger(__name__)
 _HEARTBEAT = json.dumps({"type": "heartbeat"})  # serialized once: 1,000 a second from 10,000 agents
 
 
+async def _set_or_timer(event: asyncio.Event, delay: float) -> None:
+    """Until ``event`` is set, by someone or by a timer after ``delay`` (the caller checks
+    what changed). A timer, not asyncio.timeout: when it fires no cancellation is thrown
+    through the task; py-spy put a tenth of a 10,000-agent simulator's first seconds in
+    the timeout machinery."""
+    timer = asyncio.get_running_loop().call_later(delay, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+
+
+def _registered_at(line: PhoneLine, registrar: tuple[str, int]) -> bool:
+    """Registered at ``registrar`` already (a backup line): nothing to send."""
+    return line.state is LineState.REGISTERED and line.registrar == registrar
+
+
 class Signal(enum.Enum):
     PBX_STATE = "pbx_state"  # the login service says the site's PBX is down
     SESSION_CHANNEL = "session_channel"  # the WebSocket to the login service is gone
@@ -400,7 +417,7 @@ class Agent:
         elif line is None or line.ext != ext:
             line = self._new_line(ext, password, registrar)
         task: asyncio.Future[LineEvent]
-        if line.state is LineState.REGISTERED and line.registrar == registrar:
+        if _registered_at(line, registrar):
             # A backup line, registered there already: no task (10,000 agents confirm within
             # a second or two, and each task is one more pass through a crowded loop).
             task = asyncio.get_running_loop().create_future()
@@ -430,7 +447,7 @@ class Agent:
     async def _register_line(self, line: PhoneLine, registrar: tuple[str, int]) -> LineEvent:
         """Register ``line`` at ``registrar``, unless it is registered there already (a
         backup line): then its registration stands, and no REGISTER is sent."""
-        if line.state is LineState.REGISTERED and line.registrar == registrar:
+        if _registered_at(line, registrar):
             return self._registered_already(registrar)
         return await line.register(registrar, self.timings.register_expires)
 
@@ -742,7 +759,6 @@ class Agent:
         hb = sess.heartbeat_s
         asked = self.clock()
         deadline = asked + self.timings.cti_timeout_s
-        loop = asyncio.get_running_loop()
         while not (sess.cti.is_set() or sess.ended.is_set() or sess.cti_failed.is_set()):
             if sess.ws is None or sess.ws.closed:
                 return
@@ -754,14 +770,10 @@ class Agent:
             if left <= 0:
                 return
             # Wakes for the next heartbeat at the latest: a closed channel is seen then. One
-            # event and a timer, not a task per outcome: three tasks per agent were most of
-            # a 5,000-agent simulator's CTI wait (py-spy).
+            # event, not a task per outcome: three tasks per agent were most of a
+            # 5,000-agent simulator's CTI wait (py-spy).
             sess.changed.clear()
-            timer = loop.call_later(min(left, sess.pushed_at + hb - now), sess.changed.set)
-            try:
-                await sess.changed.wait()
-            finally:
-                timer.cancel()
+            await _set_or_timer(sess.changed, min(left, sess.pushed_at + hb - now))
 
     async def _open_channel(self, sess: _Session) -> None:
         if sess.ws is not None and not sess.ws.closed:
@@ -880,14 +892,7 @@ class Agent:
                     reconnecting.add_done_callback(lambda _: self._wake.set())
                 delay = min(due) - self.clock()
                 if delay > 0 and not self._wake.is_set():
-                    # A timer that sets the wake event, not asyncio.timeout: when it fires no
-                    # cancellation is thrown through the task; py-spy put a tenth of a
-                    # 10,000-agent simulator's first seconds in the timeout machinery.
-                    timer = asyncio.get_running_loop().call_later(delay + 0.001, self._wake.set)
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        timer.cancel()
+                    await _set_or_timer(self._wake, delay + 0.001)
                 else:
                     await asyncio.sleep(0)
             return "stopped"
