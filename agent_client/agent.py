@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import logging
 import random
@@ -188,11 +189,14 @@ class FailureDetector:
         self.near_miss_s = 0.0
         self.near_miss_signals: tuple[str, ...] = ()
 
-    def fail(self, sig: Signal, certain: bool = False) -> None:
+    def fail(self, sig: Signal, certain: bool = False, notify: bool = True) -> None:
+        """``sig`` is failing. ``notify=False``: without calling ``on_change`` (the caller
+        wakes whoever acts on it later)."""
+        on_change = self.on_change if notify else None
         if certain and sig not in self.certain:
             self.certain.add(sig)
-            if sig in self.failing and self.on_change is not None:
-                self.on_change()  # confirm_at may have moved earlier
+            if sig in self.failing and on_change is not None:
+                on_change()  # confirm_at may have moved earlier
         elif not certain and sig in self.certain:
             self.certain.discard(sig)  # e.g. the PBX answers connections again, still down
         if sig in self.failing:
@@ -200,8 +204,8 @@ class FailureDetector:
         self.failing[sig] = self.now()
         if len(self.failing) >= 2 and self._two_since is None:
             self._two_since = self.now()
-        if self.on_change is not None:
-            self.on_change()
+        if on_change is not None:
+            on_change()
 
     def ok(self, sig: Signal) -> None:
         self.certain.discard(sig)
@@ -373,6 +377,7 @@ class Agent:
         self._stopping = False
         self._probe_sent = self._probe_seen = 0
         self._probing = False
+        self._wake_on_probe = False
         self._rng = random.Random(account)
         self._bg: set[asyncio.Task[Any]] = set()
 
@@ -612,7 +617,7 @@ class Agent:
         self._to(AgentState.LOGGING_IN, "move in channel")
         sess.move_reply = reply_fut = asyncio.get_running_loop().create_future()
         try:
-            await ws.send_json({"type": "move", "away_from": sess.site})
+            await ws.send_str(_move_away(sess.site))
             reply = await self._channel_answer(sess, reply_fut)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             self._to(AgentState.LOGGING_IN, f"move in channel: {type(exc).__name__}")
@@ -812,12 +817,7 @@ class Agent:
                 if data.get("state") == "up":
                     self.detector.ok(Signal.PBX_STATE)
                 else:
-                    self.detector.fail(Signal.PBX_STATE, certain=bool(data.get("refused")))
-                    if self.session is sess and self.state in (AgentState.READY, AgentState.SUSPECT):
-                        # The second, different signal asked for now, not when the watch loop
-                        # next runs: with 10,000 agents told at once, each pass through the
-                        # loop between the push and the probe's answer is a pass over all.
-                        self._probe()
+                    self._pbx_down(sess, certain=bool(data.get("refused")))
             elif kind == "hello":
                 if (data.get("pbx") or {}).get(sess.site, "up") != "up":
                     self.detector.fail(Signal.PBX_STATE)
@@ -831,6 +831,24 @@ class Agent:
             sess.move_reply.set_exception(ConnectionError("session channel closed"))
         if self.session is sess:
             self.detector.fail(Signal.SESSION_CHANNEL)
+
+    def _pbx_down(self, sess: _Session, certain: bool) -> None:
+        """The session's site says its PBX is down. The second, different signal is asked
+        for now (a SIP probe), not when the watch loop next runs, and the loop is not woken
+        for the first signal alone: the probe's outcome wakes it (``_probed``). With 10,000
+        agents told at once, each pass through the loop between the push and the probe's
+        answer is a pass over all of them: a tenth of the simulator's core then (py-spy)."""
+        watching = self.session is sess and self.state in (AgentState.READY, AgentState.SUSPECT)
+        if not watching or not self._probe():
+            self.detector.fail(Signal.PBX_STATE, certain=certain)
+            return
+        self.detector.fail(Signal.PBX_STATE, certain=certain, notify=False)
+        if self.detector.confirmed():
+            self._wake.set()  # with a signal already failing (a certain report after a silent one)
+            return
+        self._wake_on_probe = True
+        if self.state is AgentState.READY:
+            self._to(AgentState.SUSPECT, ", ".join(s.value for s in self.detector.failing))
 
     def _on_line(self, ev: LineEvent) -> None:
         if ev.kind is LineEventKind.REGISTRATION_FAILED:
@@ -907,28 +925,34 @@ class Agent:
         t = self.timings
         return t.sip_recovery_probe_timeout_s if Signal.SIP_PROBE in self.detector.failing else t.sip_probe_timeout_s
 
-    def _probe(self) -> None:
+    def _probe(self) -> bool:
         """Send one SIP probe; :meth:`_probed` reads its outcome. A callback, not a task:
         each of 10,000 agents probes at once in a failover's first second, and a task per
         probe (its creation and two more passes through the loop) was a tenth of the
-        simulator's time then (py-spy)."""
-        line = self.line
-        if line is None or line.registrar is None or self._probing:
+        simulator's time then (py-spy). True if a probe is under way (sent now or before)."""
+        if self._probing:
             # One probe at a time: during a suspicion burst (every 0.25 s, each waiting up
             # to 0.5 s) overlapping probes doubled the OPTIONS sent to a dead registrar and
             # the timers a 1,000-agent simulator had to run, for no earlier answer.
-            return
+            return True
+        line = self.line
+        if line is None or line.registrar is None:
+            return False
         self._probe_sent += 1
         seq = self._probe_sent
         try:
             fut = line.send_probe(self.probe_timeout())
         except SipTimeout:  # the transport is closed: the agent is stopping
-            return
+            return False
         self._probing = True
         fut.add_done_callback(lambda f: self._probed(seq, line, f))
+        return True
 
     def _probed(self, seq: int, line: PhoneLine, fut: asyncio.Future[Any]) -> None:
         self._probing = False
+        if self._wake_on_probe:  # a change the watch loop has not seen yet (_pbx_down)
+            self._wake_on_probe = False
+            self._wake.set()
         if fut.cancelled() or line is not self.line:
             return  # a probe of the line the agent left (its timeout came after the move)
         exc = fut.exception()
@@ -1003,6 +1027,13 @@ class Agent:
             backup.close()
         self.backups.clear()
         self._to(AgentState.LOGGED_OUT)
+
+
+@functools.lru_cache(maxsize=64)
+def _move_away(site: str) -> str:
+    """The move message, serialized once per site: 10,000 agents ask for it in the same
+    second, and ``json.dumps`` of each was 6 % of the simulator's core then (py-spy)."""
+    return json.dumps({"type": "move", "away_from": site})
 
 
 def _registrar(line_info: dict[str, Any]) -> tuple[str, int]:

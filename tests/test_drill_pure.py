@@ -234,3 +234,14 @@ async def test_the_fault_waits_for_a_steady_loop() -> None:
     loop.call_later(0.07, time.sleep, 0.2)  # a pause in the middle of the second sleep
     waited = await _steady_loop()
     assert waited >= 0.07 + 0.2 + 3 * 0.05  # three on-time sleeps after the pause
+
+
+def test_the_healed_site_is_given_the_services_longest_reconnect_wait_and_time_per_agent() -> None:
+    """A 10,000-agent drill's services wait 30 s (+10 %) between reconnects to a site long
+    dead: the check for agents left at both sites must outlast that, then the clean-up."""
+    from controlplane.settings import Backoff
+    from lab.drill.runner import settle_s
+
+    assert settle_s(Backoff(max_s=30.0, jitter=0.1), 200) == pytest.approx(33.0 + 20 + 0.4)
+    assert settle_s(Backoff(max_s=30.0, jitter=0.1), 10_000) == pytest.approx(33.0 + 20 + 20)
+    assert settle_s(Backoff(max_s=5.0, jitter=0.0), 0) == pytest.approx(25.0)

@@ -20,7 +20,7 @@ from controlplane.errors import ProtocolError
 
 from .digest import answer_challenge, parse_challenge
 from .message import SipMessage, param
-from .transport import Addr, SipTimeout, SipTransport, TimerHandle, new_branch, new_tag, response_to
+from .transport import Addr, SipTimeout, SipTransport, TimerHandle, new_branch, new_tag, response_to, token_hex
 
 USER_AGENT = "ccdr-agent-client/0.1"
 
@@ -191,7 +191,7 @@ class PhoneLine:
         self._gen += 1
         gen = self._gen
         if registrar != self.registrar or not self._call_id:
-            self._call_id = secrets.token_hex(12)
+            self._call_id = token_hex(12)
             self._cseq = 0
         self.registrar = registrar
         self.state = LineState.REGISTERING
@@ -288,7 +288,7 @@ class PhoneLine:
         m.add("Max-Forwards", "70")
         m.add("From", f"<sip:{self.ext}@{host}>;tag={new_tag()}")
         m.add("To", f"<sip:{host}:{port}>")
-        m.add("Call-ID", secrets.token_hex(12))
+        m.add("Call-ID", token_hex(12))
         m.add("CSeq", "1 OPTIONS")
         m.add("User-Agent", USER_AGENT)
         return self.transport.request(m, self.registrar, timeout=limit_s)
@@ -304,7 +304,7 @@ class PhoneLine:
         # time) is not touched. An earlier version swapped the line's registrar and Call-ID
         # for the duration and put them back after, pointing the line at the dead site again.
         try:
-            resp = await self._exchange(registrar, 0, limit_s, other=[secrets.token_hex(12), 0])
+            resp = await self._exchange(registrar, 0, limit_s, other=[token_hex(12), 0])
             return resp.status == 200
         except (SipTimeout, ProtocolError):
             return False

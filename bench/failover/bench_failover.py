@@ -113,6 +113,9 @@ async def one(n: int, phones: str) -> None:
     for a in rep["slowest_agents"][:1]:
         print(f"  slowest agent, {a['account']}: " + "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip()
                                                           for t, st, site, detail in a["events"]), flush=True)
+    for a in rep["unverified_agents"]:  # lost: their own story
+        print(f"  not verified, {a['account']} ({a['state']} at {a['site']}): " + "; ".join(
+            f"{t:.2f} {st} {site or ''} {detail}".rstrip() for t, st, site, detail in a["events"]), flush=True)
     if d.transport is not None:
         now, then = d.transport.stats, d.sip_at_fault
         print("  the simulator's SIP socket after the fault: " + ", ".join(

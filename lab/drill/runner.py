@@ -44,7 +44,7 @@ from controlplane.inventory.migrate import migrate
 from controlplane.pbx.asterisk import AsteriskClient
 from controlplane.pbx.base import LinkState
 from controlplane.runtime import gcpolicy
-from controlplane.settings import load_topology
+from controlplane.settings import Backoff, load_topology
 from lab import manager
 from lab.agents import QUEUES, percentile, write_inventory
 from lab.drill.scenario import Fault, Scenario
@@ -106,6 +106,12 @@ async def _steady_loop(lag_s: float = 0.02, within_s: float = 10.0) -> float:
         await asyncio.sleep(0.05)
         on_time = on_time + 1 if time.monotonic() - asked < 0.05 + lag_s else 0
     return time.monotonic() - t0
+
+
+def settle_s(reconnect: Backoff, agents: int) -> float:
+    """How long a healed site may take to be cleaned up: the services' longest reconnect
+    wait, then 20 s, and 1 s more per 500 agents (their members to remove there)."""
+    return reconnect.max_s * (1 + reconnect.jitter) + 20 + agents / 500
 
 
 class Drill:
@@ -342,8 +348,12 @@ class Drill:
 
     async def at_both_sites(self) -> int:
         """After the lab is put back: agents that are queue members at both sites (the
-        healed site must have been cleaned up), waiting up to 20 s for that to settle."""
-        deadline = time.monotonic() + 20
+        healed site must have been cleaned up), waiting for that to settle: the services'
+        next AMI reconnect to the healed site (their backoff has reached its cap, 30 s,
+        after a long drill), then their reconcile of its members. A fixed 20 s ran out
+        before a 10,000-agent drill's services had reconnected, and the report said every
+        agent was at both sites (the value when nothing could be read)."""
+        deadline = time.monotonic() + settle_s(load_topology(self.topology).timings.reconnect, self.sc.agents)
         both = -1
         clients = await self._clients()  # once: they reconnect by themselves if a site restarts
         try:

@@ -151,12 +151,16 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
     await asyncio.sleep(0.01)
     assert len(probes) == 1 and not agent.detector.confirmed()
+    # SUSPECT at once; the watch loop is not woken for one signal: the probe's outcome will
+    assert agent.state is AgentState.SUSPECT and not agent._wake.is_set()
     ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
     await asyncio.sleep(0.01)
     assert len(probes) == 1  # one probe at a time
+    assert not agent._wake.is_set()
     probes[0].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
     await asyncio.sleep(0)
     assert Signal.SIP_PROBE in agent.detector.failing and agent.detector.confirmed()
+    assert agent._wake.is_set()
     agent.state = AgentState.MOVING  # no probes once moving
     ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
     await asyncio.sleep(0.01)
@@ -170,6 +174,33 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     probes[1].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
     await asyncio.sleep(0)
     assert not agent.detector.failing
+    ch.q.put_nowait(None)
+    await reader
+
+
+async def test_a_pbx_down_push_wakes_the_watch_loop_itself_when_no_probe_can_answer_for_it() -> None:
+    """No line to probe (or a closed transport): the push's change wakes the watch loop at
+    once, as every other change does; so does a push that completes a confirmation."""
+    ch = _Channel()
+    agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None)  # type: ignore[arg-type]
+    sess = _Session("http://a", _line("a", "2001"), ws=ch)  # type: ignore[arg-type]
+    agent.session, agent.state = sess, AgentState.READY
+    reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert Signal.PBX_STATE in agent.detector.failing and agent._wake.is_set()
+    # A probe under way, a second signal failing already: the push confirms; no waiting
+    # for the probe then.
+    agent._wake.clear()
+    agent.detector.reset()
+    agent.line = SimpleNamespace(registrar=("10.0.0.1", 5060),  # type: ignore[assignment]
+                                 send_probe=lambda limit_s: asyncio.get_running_loop().create_future())
+    assert agent._probe()
+    agent.detector.fail(Signal.SIP_PROBE)
+    agent._wake.clear()
+    ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": True})
+    await asyncio.sleep(0.01)
+    assert agent.detector.confirmed() and agent._wake.is_set()
     ch.q.put_nowait(None)
     await reader
 

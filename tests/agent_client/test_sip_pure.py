@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -564,3 +565,28 @@ async def test_one_wake_up_reads_a_whole_burst_of_icmp_errors() -> None:
     for f in futs:
         with pytest.raises(SipUnreachable):
             f.result()
+
+
+def test_tokens_come_from_blocks_of_os_randomness_and_never_repeat() -> None:
+    """Branches, tags and Call-IDs: random bytes read a block at a time (one system call per
+    4,096 bytes, not one per token), each byte handed out once; a forked child drops the
+    rest of its parent's block."""
+    from agent_client.sip.transport import _TokenPool
+
+    reads: list[int] = []
+
+    def read(n: int) -> bytes:
+        reads.append(n)
+        return os.urandom(n)
+
+    pool = _TokenPool(read)
+    tokens = [pool.hex(8) for _ in range(1024)]  # 8 KiB: two blocks
+    assert all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    assert len(set(tokens)) == len(tokens)
+    assert reads == [_TokenPool.BLOCK, _TokenPool.BLOCK]
+    pool.hex(3)
+    assert len(reads) == 3
+    before = pool.hex(4)
+    pool.drop()  # what the child does after a fork
+    assert pool.hex(4) != before and len(reads) == 4
+    assert len(pool.hex(5000)) == 10000 and reads[-1] == 5000  # bigger than a block
