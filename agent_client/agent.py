@@ -940,12 +940,14 @@ class Agent:
             return False
         self._probe_sent += 1
         seq = self._probe_sent
-        try:
-            fut = line.send_probe(self.probe_timeout())
-        except SipTimeout:  # the transport is closed: the agent is stopping
-            return False
         self._probing = True
-        fut.add_done_callback(lambda f: self._probed(seq, line, f))
+        try:
+            # Read where the transport settles it (an answer, an ICMP error, the timer), not
+            # in a done-callback one loop pass later (see SipTransport.request).
+            line.send_probe(self.probe_timeout(), on_done=lambda f: self._probed(seq, line, f))
+        except SipTimeout:  # the transport is closed: the agent is stopping
+            self._probing = False
+            return False
         return True
 
     def _probed(self, seq: int, line: PhoneLine, fut: asyncio.Future[Any]) -> None:

@@ -245,3 +245,24 @@ def test_the_healed_site_is_given_the_services_longest_reconnect_wait_and_time_p
     assert settle_s(Backoff(max_s=30.0, jitter=0.1), 200) == pytest.approx(33.0 + 20 + 0.4)
     assert settle_s(Backoff(max_s=30.0, jitter=0.1), 10_000) == pytest.approx(33.0 + 20 + 20)
     assert settle_s(Backoff(max_s=5.0, jitter=0.0), 0) == pytest.approx(25.0)
+
+
+def test_a_drill_that_starts_with_a_phone_line_unregistered_says_so_and_fails() -> None:
+    """The login phase's deadline can pass with a backup line still waiting to retry: the
+    report counts the agents whose lines were all registered, and that is a check."""
+    d = Drill(Scenario(name="t", agents=2, home="a", expect={"lost_agents": 0}))
+    try:
+        agents = [SimpleNamespace(account=f"u{i}", events=[], state=AgentState.READY, site="b",
+                                  detector=FailureDetector(1.5, lambda: 0.0)) for i in (1, 2)]
+        d.agents = agents  # type: ignore[assignment]
+        d.lines_before = 1
+        rep = d.report({"u1": "a", "u2": "a"}, 2, [], {"u1", "u2"}, 0)
+        assert rep["lines_registered_before_fault"] == 1
+        check = next(c for c in rep["expectations"] if c["name"] == "phone lines registered before the first fault")
+        assert check == {"name": "phone lines registered before the first fault", "expected": 2, "actual": 1,
+                         "ok": False}
+        assert rep["passed"] is False
+        d.lines_before = 2
+        assert d.report({"u1": "a", "u2": "a"}, 2, [], {"u1", "u2"}, 0)["passed"] is True
+    finally:
+        shutil.rmtree(d.tmp, ignore_errors=True)

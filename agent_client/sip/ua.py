@@ -276,9 +276,11 @@ class PhoneLine:
         await self.send_probe(limit_s)
         return self.transport.clock.time() - started
 
-    def send_probe(self, limit_s: float) -> asyncio.Future[SipMessage]:
+    def send_probe(self, limit_s: float,
+                   on_done: Callable[[asyncio.Future[SipMessage]], None] | None = None) -> asyncio.Future[SipMessage]:
         """:meth:`probe` without a coroutine: the transaction's future (a fleet's agents
-        read it in a callback, not a task each: 10,000 probes in a failover's first second)."""
+        read it in a callback, not a task each: 10,000 probes in a failover's first second);
+        ``on_done`` as in :meth:`SipTransport.request`."""
         if self.registrar is None:
             raise ProtocolError(f"line {self.ext} has no registrar to probe")
         host, port = self.registrar
@@ -291,7 +293,7 @@ class PhoneLine:
         m.add("Call-ID", token_hex(12))
         m.add("CSeq", "1 OPTIONS")
         m.add("User-Agent", USER_AGENT)
-        return self.transport.request(m, self.registrar, timeout=limit_s)
+        return self.transport.request(m, self.registrar, timeout=limit_s, on_done=on_done)
 
     async def unregister_from(self, registrar: Addr, limit_s: float = 2.0) -> bool:
         """Remove this line's contact at a registrar it has left (Expires: 0, a new Call-ID),

@@ -107,7 +107,8 @@ async def one(n: int, phones: str) -> None:
     first_move = min(moves_) if moves_ else float("nan")
     last_ready = rep["recovery_s"]["max"]
     rehoming = last_ready - first_move
-    print(f"drill done: {rep['ready_before_fault']} of {n} ready before the fault; {rep['recovery_s']},"
+    print(f"drill done: {rep['ready_before_fault']} of {n} ready before the fault"
+          f" ({rep['lines_registered_before_fault']} with every line registered); {rep['recovery_s']},"
           f" first move {first_move:.2f} s, moved by {rep['moved_by']}", flush=True)
     print("  per-agent phases after the fault, p50/p95/max s: " + phases(d), flush=True)
     for a in rep["slowest_agents"][:1]:

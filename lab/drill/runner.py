@@ -128,6 +128,7 @@ class Drill:
         self.broken: dict[str, set[str]] = {"a": set(), "b": set()}
         self.applied: list[dict[str, Any]] = []
         self.t0 = 0.0
+        self.lines_before = 0  # agents whose phone lines were all registered at the first fault
         self.transport: SipTransport | None = None
         self.sip_at_fault = TransportStats()  # the SIP socket's counters when the faults began
         # Agents ready per site, kept up to date from their events: the timeline samples it
@@ -266,6 +267,10 @@ class Drill:
                 await asyncio.sleep(0.2)
             initial = {a.account: a.site for a in self.agents}
             ready_before = sum(self.ready.values())
+            # Counted, not assumed: a backup line whose registration failed retries only
+            # after backup_retry_s, and the deadline above may pass first (once, 200 of
+            # 5,000 agents then waited at b for phones that never registered, and were lost).
+            self.lines_before = sum(a.lines_registered() for a in self.agents)
             # The simulator under the services' GC policy while it is measured: 3,000 agents'
             # state rescanned by full collections paused it 5 s in the minute after a fault.
             gc_restore = gcpolicy.install(load_topology(self.topology).timings.gc)
@@ -433,11 +438,14 @@ class Drill:
             checks.append({"name": f"ready at {site}", "expected": n, "actual": final[site], "ok": final[site] == n})
         checks.insert(0, {"name": "ready before the first fault", "expected": sc.agents, "actual": ready_before,
                           "ok": ready_before == sc.agents})
+        checks.insert(1, {"name": "phone lines registered before the first fault", "expected": sc.agents,
+                          "actual": self.lines_before, "ok": self.lines_before == sc.agents})
         return {
             "scenario": sc.name,
             "agents": sc.agents,
             "phones": sc.phones,
             "ready_before_fault": ready_before,
+            "lines_registered_before_fault": self.lines_before,
             "lost_agents": lost,
             "agents_at_both_sites": both,
             "moved_agents": moved,

@@ -142,9 +142,18 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     agent.session, agent.state = sess, AgentState.READY
     probes: list[asyncio.Future[Any]] = []
 
-    def send_probe(limit_s: float) -> asyncio.Future[Any]:
+    def send_probe(limit_s: float, on_done: Any) -> asyncio.Future[Any]:
+        # As the transport does: on_done as soon as the future is settled, not a pass later.
         probes.append(asyncio.get_running_loop().create_future())
+        probes[-1].add_done_callback(lambda f: None)
+        settle[probes[-1]] = on_done
         return probes[-1]
+
+    settle: dict[asyncio.Future[Any], Any] = {}
+
+    def fail(fut: asyncio.Future[Any], exc: Exception) -> None:
+        fut.set_exception(exc)
+        settle[fut](fut)
 
     agent.line = SimpleNamespace(registrar=("10.0.0.1", 5060), send_probe=send_probe)  # type: ignore[assignment]
     reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
@@ -157,8 +166,8 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     await asyncio.sleep(0.01)
     assert len(probes) == 1  # one probe at a time
     assert not agent._wake.is_set()
-    probes[0].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
-    await asyncio.sleep(0)
+    fail(probes[0], SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
+    # at once, in the call that settled the probe: no pass of the loop in between
     assert Signal.SIP_PROBE in agent.detector.failing and agent.detector.confirmed()
     assert agent._wake.is_set()
     agent.state = AgentState.MOVING  # no probes once moving
@@ -171,8 +180,7 @@ async def test_a_pbx_down_push_sends_the_probe_at_once_and_its_answer_confirms()
     agent.detector.reset()
     agent.line = SimpleNamespace(registrar=("10.0.0.2", 5060), send_probe=send_probe)  # type: ignore[assignment]
     assert len(probes) == 2 and old_line is not agent.line
-    probes[1].set_exception(SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
-    await asyncio.sleep(0)
+    fail(probes[1], SipUnreachable("OPTIONS to 10.0.0.1:5060: Connection refused (ICMP)"))
     assert not agent.detector.failing
     ch.q.put_nowait(None)
     await reader
@@ -194,7 +202,7 @@ async def test_a_pbx_down_push_wakes_the_watch_loop_itself_when_no_probe_can_ans
     agent._wake.clear()
     agent.detector.reset()
     agent.line = SimpleNamespace(registrar=("10.0.0.1", 5060),  # type: ignore[assignment]
-                                 send_probe=lambda limit_s: asyncio.get_running_loop().create_future())
+                                 send_probe=lambda limit_s, on_done: asyncio.get_running_loop().create_future())
     assert agent._probe()
     agent.detector.fail(Signal.SIP_PROBE)
     agent._wake.clear()

@@ -590,3 +590,58 @@ def test_tokens_come_from_blocks_of_os_randomness_and_never_repeat() -> None:
     pool.drop()  # what the child does after a fork
     assert pool.hex(4) != before and len(reads) == 4
     assert len(pool.hex(5000)) == 10000 and reads[-1] == 5000  # bigger than a block
+
+
+async def test_on_done_runs_where_the_transaction_is_settled_not_a_loop_pass_later(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's outcome is the second signal of a confirmation: ``on_done`` is called by
+    the code that settles the future (an answer read, the timer, an ICMP error, close), with
+    the future already done; one that raises is logged and the read goes on."""
+    import errno
+    import socket as _socket
+
+    from agent_client.sip.transport import _EXTENDED_ERR, ICMP_DEST_UNREACH, IP_RECVERR, SO_EE_ORIGIN_ICMP
+
+    clock = FakeClock()
+    t = SipTransport(clock=clock, local_addr=("10.77.0.1", 5070))
+    sent: list[bytes] = []
+    t._sendto = lambda data, addr: sent.append(data)
+    seen: list[tuple[str, bool]] = []
+
+    def note(name: str) -> Any:
+        return lambda f: seen.append((name, f.done()))
+
+    peer, dead = ("10.77.0.12", 5060), ("10.77.0.11", 5060)
+    answered = t.request(_options("z9hG4bKans"), peer, timeout=0.5, on_done=note("answer"))
+    t.datagram_received(response_to(parse(sent[-1]), 200, "OK").encode(), peer)
+    assert seen == [("answer", True)] and answered.result().status == 200
+
+    t.request(_options("z9hG4bKsilent"), peer, timeout=0.5, on_done=note("timeout"))
+    clock.advance(0.51)
+    assert seen[-1] == ("timeout", True)
+
+    def boom(f: Any) -> None:
+        raise RuntimeError("a broken callback")
+
+    t.request(_options("z9hG4bKboom"), dead, timeout=0.5, on_done=boom)
+    t.request(_options("z9hG4bKicmp"), dead, timeout=0.5, on_done=note("icmp"))
+    err = _EXTENDED_ERR.pack(errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP, ICMP_DEST_UNREACH, 3, 0, 0)
+    queue = sent[-2:]
+
+    class Errors:
+        def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+            raise BlockingIOError
+
+        def recvmsg(self, size: int, ancsize: int, flags: int) -> tuple[bytes, list[Any], int, tuple[str, int]]:
+            if not queue:
+                raise BlockingIOError
+            return queue.pop(0), [(_socket.IPPROTO_IP, IP_RECVERR, err)], 0, dead
+
+    t._sock = Errors()  # type: ignore[assignment]
+    with caplog.at_level("ERROR"):
+        t._drain()
+    assert seen[-1] == ("icmp", True) and "on_done callback failed" in caplog.text
+    t._sock = None
+    t.request(_options("z9hG4bKopen"), peer, timeout=0.5, on_done=note("closed"))
+    t.close()
+    assert seen[-1] == ("closed", True) and len(seen) == 4
