@@ -373,7 +373,9 @@ class Agent:
         self._backing: set[str] = set()
         self.session: _Session | None = None
         self._wake = asyncio.Event()
-        self.detector = FailureDetector(self.timings.confirm_hold_s, clock, on_change=self._wake.set)
+        self.detector = FailureDetector(self.timings.confirm_hold_s, clock, on_change=self._signals_changed)
+        self._watching = False  # the watch loop runs (READY/SUSPECT are its states)
+        self._confirmed = ""  # why, if a signal confirmed the failure while it ran
         self._stopping = False
         self._probe_sent = self._probe_seen = 0
         self._probing = False
@@ -558,7 +560,8 @@ class Agent:
                 why = await self._watch(sess)
                 if self._stopping:
                     return
-                self._to(AgentState.MOVING, why)
+                if self.state is not AgentState.MOVING:  # else MOVING since _signals_changed
+                    self._to(AgentState.MOVING, why)
                 self._preregister(sess)
                 if await self._move_in_channel(sess):
                     moved = sess
@@ -832,6 +835,18 @@ class Agent:
         if self.session is sess:
             self.detector.fail(Signal.SESSION_CHANNEL)
 
+    def _signals_changed(self) -> None:
+        """The detector's ``on_change``. A change that confirms the failure (the second
+        signal, one of them certain) moves the agent from here: MOVING at once, stamped by
+        the signal that confirmed; the watch loop, woken, ends at its next pass and the move
+        begins. Waiting for that pass to say so put the simulator's saturated loop (a pass
+        over 10,000 agents) between the confirmation and its record. A hold still running
+        is the watch loop's to end (its timer)."""
+        if self._watching and self.state in (AgentState.READY, AgentState.SUSPECT) and self.detector.confirmed():
+            self._confirmed = "confirmed: " + ", ".join(s.value for s in self.detector.failing)
+            self._to(AgentState.MOVING, self._confirmed)
+        self._wake.set()
+
     def _pbx_down(self, sess: _Session, certain: bool) -> None:
         """The session's site says its PBX is down. The second, different signal is asked
         for now (a SIP probe), not when the watch loop next runs, and the loop is not woken
@@ -879,10 +894,13 @@ class Agent:
         # at once), or now if that was long ago (a long wait for CTI).
         next_hb = sess.pushed_at + hb * (0.5 + 0.5 * self._rng.random())
         reconnecting: asyncio.Task[None] | None = None
+        self._watching, self._confirmed = True, ""
         try:
             while not self._stopping:
                 self._wake.clear()
                 now = self.clock()
+                if self._confirmed:  # by a signal, MOVING already (_signals_changed)
+                    return self._confirmed
                 if sess.ended.is_set():
                     return "session ended by the login service"
                 if self.detector.confirmed():
@@ -915,6 +933,7 @@ class Agent:
                     await asyncio.sleep(0)
             return "stopped"
         finally:
+            self._watching = False
             if reconnecting is not None:
                 reconnecting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

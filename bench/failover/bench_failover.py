@@ -72,9 +72,11 @@ async def raw_limit(n: int) -> tuple[float, float, float]:
 
 def phases(d: Drill) -> str:
     """Each moved agent's recovery split at its events: the fault noticed (first SUSPECT, from
-    the fault), confirmed (MOVING, from the fault), moved (the move answered: REGISTERING),
+    the fault), confirmed (MOVING, from the fault: stamped by the signal that confirmed since
+    session 17, by the watch loop's next pass before), acting (the move asked: the first
+    event after MOVING, from the fault), moved (the move answered: REGISTERING, from MOVING),
     line registered and channel open (AWAITING_CTI), CTI (READY)."""
-    cols: dict[str, list[float]] = {"suspect": [], "confirm": [], "move": [], "line": [], "cti": []}
+    cols: dict[str, list[float]] = {"suspect": [], "confirm": [], "act": [], "move": [], "line": [], "cti": []}
     for a in d.agents:
         ev = [e for e in a.events if e.at >= d.t0]
         m = max((i for i, e in enumerate(ev) if e.state is AgentState.MOVING), default=None)
@@ -87,6 +89,7 @@ def phases(d: Drill) -> str:
             continue
         cols["suspect"].append(next((e.at for e in ev if e.state is AgentState.SUSPECT), ev[m].at) - d.t0)
         cols["confirm"].append(ev[m].at - d.t0)
+        cols["act"].append((ev[m + 1].at if m + 1 < len(ev) else ev[m].at) - d.t0)
         cols["move"].append(t_reg - ev[m].at)
         cols["line"].append(t_cti - t_reg)
         cols["cti"].append(t_ready - t_cti)

@@ -213,6 +213,46 @@ async def test_a_pbx_down_push_wakes_the_watch_loop_itself_when_no_probe_can_ans
     await reader
 
 
+async def test_the_signal_that_confirms_moves_the_agent_at_once_and_ends_the_watch() -> None:
+    """MOVING is stamped by the signal that confirms (here the probe's ICMP error after a
+    refused push), in the call that delivers it, before the watch loop's next pass; the
+    loop then ends with that reason. Two uncertain signals wait out the hold in the loop."""
+    from agent_client.sip.transport import SipTimeout, SipUnreachable
+
+    for certain in (True, False):
+        ch = _Channel()
+        agent = Agent("u1", "pw", "00:11:22:33:44:55", ["http://a", "http://b"], None, None,  # type: ignore[arg-type]
+                      timings=AgentTimings(confirm_hold_s=0.05))
+        sess = _Session("http://a", _line("a", "2001"), ws=ch, last_server_hb=agent.clock())  # type: ignore[arg-type]
+        agent.session, agent.state = sess, AgentState.READY
+        probes: list[tuple[asyncio.Future[Any], Any]] = []
+
+        def send_probe(limit_s: float, on_done: Any,
+                       probes: list[tuple[asyncio.Future[Any], Any]] = probes) -> asyncio.Future[Any]:
+            probes.append((asyncio.get_running_loop().create_future(), on_done))
+            return probes[-1][0]
+
+        agent.line = SimpleNamespace(registrar=("10.0.0.1", 5060), send_probe=send_probe)  # type: ignore[assignment]
+        watch = asyncio.create_task(agent._watch(sess))
+        reader = asyncio.create_task(agent._read_channel(sess, ch))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        ch.q.put_nowait({"type": "pbx", "site": "a", "state": "unreachable", "refused": certain})
+        await asyncio.sleep(0.01)
+        assert agent.state is AgentState.SUSPECT and len(probes) == 1
+        fut, on_done = probes[0]
+        fut.set_exception(SipUnreachable("ICMP") if certain else SipTimeout("silence"))
+        on_done(fut)
+        if certain:
+            assert agent.state is AgentState.MOVING and not watch.done()
+            assert agent.events[-1].detail == "confirmed: pbx_state, sip_probe"
+        else:
+            assert agent.state is AgentState.SUSPECT  # the hold runs
+        assert await asyncio.wait_for(watch, 1) == "confirmed: pbx_state, sip_probe"
+        assert [e.state for e in agent.events] == [AgentState.SUSPECT] + [AgentState.MOVING] * certain
+        ch.q.put_nowait(None)
+        await reader
+
+
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     b = Backoff(1.0, 30.0, random.Random(3))
     delays = [b.next() for _ in range(8)]
