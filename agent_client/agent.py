@@ -843,9 +843,12 @@ class Agent:
         over 10,000 agents) between the confirmation and its record. A hold still running
         is the watch loop's to end (its timer)."""
         if self._watching and self.state in (AgentState.READY, AgentState.SUSPECT) and self.detector.confirmed():
-            self._confirmed = "confirmed: " + ", ".join(s.value for s in self.detector.failing)
+            self._confirmed = self._confirmation()
             self._to(AgentState.MOVING, self._confirmed)
         self._wake.set()
+
+    def _confirmation(self) -> str:
+        return "confirmed: " + ", ".join(s.value for s in self.detector.failing)
 
     def _pbx_down(self, sess: _Session, certain: bool) -> None:
         """The session's site says its PBX is down. The second, different signal is asked
@@ -904,7 +907,7 @@ class Agent:
                 if sess.ended.is_set():
                     return "session ended by the login service"
                 if self.detector.confirmed():
-                    return "confirmed: " + ", ".join(s.value for s in self.detector.failing)
+                    return self._confirmation()
                 failing = frozenset(self.detector.failing)
                 want = AgentState.SUSPECT if failing else AgentState.READY
                 if want is not self.state:

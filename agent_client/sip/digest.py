@@ -6,10 +6,11 @@ MD5, SHA-256 and SHA-512-256; qop=auth with nc/cnonce, or no qop (RFC 2069 style
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass
 
 from controlplane.errors import ProtocolError
+
+from .tokens import token_hex
 
 _ALGOS = {
     "MD5": "md5",
@@ -83,7 +84,7 @@ def compute(
     hname = _ALGOS[algo_name]
     ha1 = _h(hname, f"{username}:{realm}:{password}")
     if cnonce is None:
-        cnonce = secrets.token_hex(8)
+        cnonce = token_hex(8)
     if algo_name.endswith("-SESS"):
         ha1 = _h(hname, f"{ha1}:{nonce}:{cnonce}")
     ha2 = _h(hname, f"{method}:{uri}")

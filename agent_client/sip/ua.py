@@ -20,7 +20,8 @@ from controlplane.errors import ProtocolError
 
 from .digest import answer_challenge, parse_challenge
 from .message import SipMessage, param
-from .transport import Addr, SipTimeout, SipTransport, TimerHandle, new_branch, new_tag, response_to, token_hex
+from .tokens import token_hex
+from .transport import Addr, SipTimeout, SipTransport, TimerHandle, new_branch, new_tag, response_to
 
 USER_AGENT = "ccdr-agent-client/0.1"
 

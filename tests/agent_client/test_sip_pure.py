@@ -571,7 +571,7 @@ def test_tokens_come_from_blocks_of_os_randomness_and_never_repeat() -> None:
     """Branches, tags and Call-IDs: random bytes read a block at a time (one system call per
     4,096 bytes, not one per token), each byte handed out once; a forked child drops the
     rest of its parent's block."""
-    from agent_client.sip.transport import _TokenPool
+    from agent_client.sip.tokens import _TokenPool
 
     reads: list[int] = []
 
