@@ -261,11 +261,8 @@ class SipTransport(asyncio.DatagramProtocol):
         del self._tx[branch]
         self._finish(tx)
         self.stats.unreachable += 1
-        if not tx.future.done():
-            method = quoted.split(b" ", 1)[0].decode("ascii", "replace")
-            tx.future.set_exception(
-                SipUnreachable(f"{method} to {addr[0]}:{addr[1]}: {os.strerror(errno_)} (ICMP)"))
-        self._done(tx)
+        method = quoted.split(b" ", 1)[0].decode("ascii", "replace")
+        self._settle(tx, SipUnreachable(f"{method} to {addr[0]}:{addr[1]}: {os.strerror(errno_)} (ICMP)"))
 
     @property
     def clock(self) -> Clock:
@@ -302,9 +299,7 @@ class SipTransport(asyncio.DatagramProtocol):
     def close(self) -> None:
         for tx in list(self._tx.values()):
             self._finish(tx)
-            if not tx.future.done():
-                tx.future.cancel()
-            self._done(tx)
+            self._settle(tx, None)
         self._tx.clear()
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
@@ -403,11 +398,7 @@ class SipTransport(asyncio.DatagramProtocol):
             return
         self._finish(tx)
         self.stats.timeouts += 1
-        if not tx.future.done():
-            tx.future.set_exception(
-                SipTimeout(f"no final response to {method} from {tx.addr[0]}:{tx.addr[1]} in {limit} s")
-            )
-        self._done(tx)
+        self._settle(tx, SipTimeout(f"no final response to {method} from {tx.addr[0]}:{tx.addr[1]} in {limit} s"))
 
     @staticmethod
     def _finish(tx: _ClientTx) -> None:
@@ -430,12 +421,19 @@ class SipTransport(asyncio.DatagramProtocol):
             return
         del self._tx[msg.top_branch]
         self._finish(tx)
-        if not tx.future.done():
-            tx.future.set_result(msg)
-        self._done(tx)
+        self._settle(tx, msg)
 
     @staticmethod
-    def _done(tx: _ClientTx) -> None:
+    def _settle(tx: _ClientTx, outcome: SipMessage | Exception | None) -> None:
+        """End a transaction's future (a response, an error, or cancelled: None), then tell
+        its ``on_done`` at once."""
+        if not tx.future.done():
+            if outcome is None:
+                tx.future.cancel()
+            elif isinstance(outcome, Exception):
+                tx.future.set_exception(outcome)
+            else:
+                tx.future.set_result(outcome)
         if tx.on_done is None:
             return
         try:

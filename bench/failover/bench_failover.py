@@ -18,6 +18,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
@@ -99,6 +100,11 @@ def phases(d: Drill) -> str:
     return ", ".join(f"{k} {q(v, .5):.2f}/{q(v, .95):.2f}/{max(v, default=float('nan')):.2f}" for k, v in cols.items())
 
 
+def _story(events: list[list[Any]]) -> str:
+    """An agent's events as the drill report lists them, on one line."""
+    return "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip() for t, st, site, detail in events)
+
+
 async def one(n: int, phones: str) -> None:
     sc = Scenario(name=f"bench-kill-a-{n}", agents=n, home="a", faults=(Fault(0, "kill", "a"),),
                   observe_s=max(30.0, n / 50), expect={"lost_agents": 0}, phones=phones)
@@ -115,11 +121,9 @@ async def one(n: int, phones: str) -> None:
           f" first move {first_move:.2f} s, moved by {rep['moved_by']}", flush=True)
     print("  per-agent phases after the fault, p50/p95/max s: " + phases(d), flush=True)
     for a in rep["slowest_agents"][:1]:
-        print(f"  slowest agent, {a['account']}: " + "; ".join(f"{t:.2f} {st} {site or ''} {detail}".rstrip()
-                                                          for t, st, site, detail in a["events"]), flush=True)
+        print(f"  slowest agent, {a['account']}: {_story(a['events'])}", flush=True)
     for a in rep["unverified_agents"]:  # lost: their own story
-        print(f"  not verified, {a['account']} ({a['state']} at {a['site']}): " + "; ".join(
-            f"{t:.2f} {st} {site or ''} {detail}".rstrip() for t, st, site, detail in a["events"]), flush=True)
+        print(f"  not verified, {a['account']} ({a['state']} at {a['site']}): {_story(a['events'])}", flush=True)
     if d.transport is not None:
         now, then = d.transport.stats, d.sip_at_fault
         print("  the simulator's SIP socket after the fault: " + ", ".join(
