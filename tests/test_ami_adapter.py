@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -385,6 +386,30 @@ async def test_defect4_fixed_subsecond_backoff_is_honoured(fake: FakeAmi) -> Non
     await c.close()
     assert clock.sleeps[:2] == [0.3, 0.6]
     assert 2 <= c.reconnects <= 3  # not hundreds of zero-delay attempts
+
+
+async def test_long_lived_link_is_retried_at_once_when_it_drops_a_young_one_backs_off(fake: FakeAmi) -> None:
+    # A Ping timeout is noticed a second into a network blip, when it may be over: the
+    # first retry is at once, or the PBX stays "down" a backoff longer (the blip drill).
+    clock = RecordingClock()
+    t = dataclasses.replace(FAST, reconnect=Backoff(initial_s=0.4, max_s=0.8, factor=2, jitter=0),
+                            reconnect_at_once_after_s=0.3)
+    c = client(fake, timings=t, clock=clock)
+    await c.start()
+    events = c.events()
+    try:
+        await asyncio.sleep(0.4)  # up longer than reconnect_at_once_after_s
+        fake.drop_all()
+        await next_event(events, EventKind.PBX_DOWN)
+        await next_event(events, EventKind.PBX_UP)
+        assert [s for s in clock.sleeps if s != t.probe_interval_s] == [0.0]
+        fake.drop_all()  # up for less: no tight loop against a PBX that accepts and closes
+        await next_event(events, EventKind.PBX_DOWN)
+        await next_event(events, EventKind.PBX_UP)
+        assert [s for s in clock.sleeps if s != t.probe_interval_s] == [0.0, 0.4]
+    finally:
+        await events.aclose()
+        await c.close()
 
 
 # 5. a UTF-8 character split across reads is lost -------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,6 +172,26 @@ async def test_disconnect_notice_reconnects_and_rereads(fake: FakeFreeswitch) ->
         assert fake.connections == 3
         assert fake.commands.count("api callcenter_config tier list") == 2
         assert fake.commands.count("auth s3cret") == 2
+    finally:
+        await c.close()
+
+
+async def test_long_lived_link_is_retried_at_once_when_it_drops_a_young_one_backs_off(
+        fake: FakeFreeswitch) -> None:
+    t = dataclasses.replace(FAST, reconnect=Backoff(initial_s=5.0, max_s=5.0, jitter=0.0),
+                            reconnect_at_once_after_s=0.2)
+    c = FreeswitchClient("fs-a", tcp_connect("127.0.0.1", fake.port), "s3cret", t)
+    await c.start()
+    q = c.events().queue
+    try:
+        await asyncio.sleep(0.3)  # up longer than reconnect_at_once_after_s
+        await fake.disconnect()
+        await _next(q, EventKind.PBX_DOWN)
+        await _next(q, EventKind.PBX_UP)  # within WAIT (3 s), not the backoff's 5 s
+        await fake.disconnect()  # up for less: the backoff
+        await _next(q, EventKind.PBX_DOWN)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_next(q, EventKind.PBX_UP), 1.0)
     finally:
         await c.close()
 

@@ -144,6 +144,13 @@ class Timings:
     #: turn, and Asterisk b idled for 3.5 s before adding at full speed.
     max_in_flight: int = 64
     reconnect: Backoff = field(default_factory=Backoff)
+    #: A link that had been up this long is tried again at once when it drops, before the
+    #: backoff: a Ping timeout is noticed a second into a network blip, when the network may
+    #: be back already, and a reconnect one backoff later (its SYN lost in the next blip,
+    #: retried by TCP a second later) kept the PBX "down" two seconds of every blip in the
+    #: lab's 1 s on / 1 s off drill. A link that drops sooner waits the backoff: against a
+    #: PBX that accepts and then closes, at most one reconnect (and state re-read) a second.
+    reconnect_at_once_after_s: float = 1.0
     gc: GcPolicy = field(default_factory=GcPolicy)
     move_wave: MoveWave = field(default_factory=MoveWave)
 

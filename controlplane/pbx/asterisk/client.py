@@ -224,10 +224,14 @@ class AsteriskClient(PbxClient):
         attempt = 0
         while not self._closing:
             closed_by_pbx = refused = False
+            up_since: float | None = None
             try:
                 await self._connect_and_login()
                 attempt = 0
                 self._set_state(LinkState.UP)
+                up_since = self.clock.now()
+                if self.reconnects:
+                    log.info("site %s: AMI link up (reconnect %d)", self.site, self.reconnects)
                 self._first_attempt.set()
                 # Liveness starts with the link: a reconcile in flight when the PBX
                 # freezes must not stretch detection to a command timeout.
@@ -256,8 +260,11 @@ class AsteriskClient(PbxClient):
             self._note_refused(refused)
             self._set_state(LinkState.UNREACHABLE)
             self._first_attempt.set()
-            delay = self.timings.reconnect.delay(attempt, random.random())
-            attempt += 1
+            if up_since is not None and self.clock.now() - up_since >= self.timings.reconnect_at_once_after_s:
+                delay = 0.0  # the first retry after a long-lived link drops (Timings)
+            else:
+                delay = self.timings.reconnect.delay(attempt, random.random())
+                attempt += 1
             self.reconnects += 1
             await self.clock.sleep(delay)
 

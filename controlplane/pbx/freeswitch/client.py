@@ -3,8 +3,9 @@
 One supervised task (``esl-link:<site>``) connects, authenticates, subscribes, re-reads
 state, then reads frames while a probe task (``esl-probe:<site>``) sends ``api status``
 every ``probe_interval_s``; no answer within ``probe_timeout_s`` means UNREACHABLE even
-if TCP stays open.  The link reconnects with ``Timings.reconnect`` backoff, except after
-a refused password: that is AUTH_FAILED and stops (never a silent retry loop).
+if TCP stays open.  The link reconnects with ``Timings.reconnect`` backoff (the first retry
+at once when a link up for ``reconnect_at_once_after_s`` drops), except after a refused
+password: that is AUTH_FAILED and stops (never a silent retry loop).
 
 Replies: FreeSWITCH answers commands one by one, in order, so every command's reply
 (``command/reply`` or ``api/response``) resolves the oldest waiting command (FIFO).
@@ -98,6 +99,7 @@ class FreeswitchClient(PbxClient):
         self.event_format = event_format
         self.subscribe = subscribe
         self._clock = clock
+        self._up_since = 0.0
         self._state = LinkState.CLOSED
         self._subscribers: list[asyncio.Queue[PbxEvent]] = []
         self._waiting: collections.deque[_Waiting] = collections.deque()
@@ -286,6 +288,8 @@ class FreeswitchClient(PbxClient):
             self._first.set()
             if was_up:
                 attempt = 0
+            if was_up and self._clock() - self._up_since >= self.timings.reconnect_at_once_after_s:
+                continue  # the first retry after a long-lived link drops is at once (Timings)
             await asyncio.sleep(self.timings.reconnect.delay(attempt, random.random()))
             attempt += 1
 
@@ -344,6 +348,7 @@ class FreeswitchClient(PbxClient):
                     self._send(f"event {self.event_format} {subs}"), self.timings.connect_timeout_s
                 )
                 self._state = LinkState.UP
+                self._up_since = self._clock()
                 self.refused = False
                 await asyncio.wait_for(self._reread(), self.timings.command_timeout_s)
                 self._emit(EventKind.PBX_UP, {})
