@@ -132,9 +132,12 @@ class AgentTimings:
     #: report's near_miss; 0.51-0.57 s on a quiet lab). A killed PBX (certain) is not held.
     #: At 1.5 s, a CI run on a machine 1.5x slower (session 17) moved 35 of 200: their probes
     #: went unanswered for 1.5 s starting ~1 s after a cut had healed, while the services'
-    #: AMI links to a were still reconnecting (near miss of the others 1.43 s). Why a's
-    #: answers stop then is not found; the hold is 2.0 s meanwhile (a cut or a freeze is
-    #: confirmed ~0.5 s later, about 3.5 s after it began).
+    #: AMI links to a were still reconnecting (near miss of the others 1.43 s): the probes
+    #: were those of the next cut, sent because the PBX-down signal lasted 2 s of every blip
+    #: (the services' reconnect a backoff after the Ping timeout met the next cut). Since
+    #: the services retry a long-lived link at once (Timings.reconnect_at_once_after_s), the
+    #: drill's near miss is 0.00-0.05 s on a quiet lab (0.51 s before); the hold stays 2.0 s
+    #: until CI runs show that margin (a cut or a freeze is confirmed ~3.5 s after it began).
     confirm_hold_s: float = 2.0
     #: the expiry asked for each line's registration (refreshed at 60-80 % of it). Desk
     #: phones default to 3,600 s, and `ccdr provision` leaves that alone; the probes, not the
