@@ -194,6 +194,41 @@ async def test_admin_sessions_needs_token_and_hides_secrets(client: TestClient[A
     assert "sip-1" not in await r.text() and "token" not in body["sessions"][0]
 
 
+async def test_admin_sessions_paged_by_cursor_and_filtered(client: TestClient[Any, Any], env: Env) -> None:
+    admin = {"Authorization": "Bearer admin-secret"}
+    for i in range(1, 6):
+        assert (await _login(client, i))[0] == 200
+
+    async def get(query: str) -> Any:
+        r = await client.get(f"/v1/sessions?{query}", headers=admin)
+        return r.status, await r.json()
+
+    seen, after, pages = [], "", 0
+    while True:
+        status, body = await get(f"limit=2&after={after}")
+        assert status == 200 and body["total"] == 5 and len(body["sessions"]) <= 2
+        seen += [x["session_id"] for x in body["sessions"]]
+        pages += 1
+        if body["next"] is None:
+            break
+        after = body["next"]
+        assert after == seen[-1]
+    assert pages == 3 and seen == sorted(seen) and len(set(seen)) == 5
+    status, body = await get("")
+    assert [x["session_id"] for x in body["sessions"]] == seen and body["next"] is None
+    status, body = await get("account=agent03")
+    assert [x["account"] for x in body["sessions"]] == ["agent03"] and body["total"] == 1
+    status, body = await get("site=a&state=awaiting_phone")
+    assert body["total"] == 5
+    status, body = await get("site=b")
+    assert body == {"sessions": [], "total": 0, "next": None}
+    for query, field in (("limit=0", "limit"), ("limit=lots", "limit"), ("limit=10001", "limit"),
+                         ("sitee=a", "sitee")):
+        status, body = await get(query)
+        assert status == 400 and body["error"]["code"] == "bad_request"
+        assert body["error"]["message"].startswith(f"{field}:"), body
+
+
 async def test_dead_client_is_reaped_and_members_removed(client: TestClient[Any, Any], env: Env) -> None:
     _, body = await _login(client, 3)
     await env.mgr.on_event("a", env.pbx["a"].emit(EventKind.PHONE_REGISTERED, endpoint="2003"))
