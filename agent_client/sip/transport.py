@@ -32,6 +32,9 @@ Addr = tuple[str, int]
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
 RECEIVE_BUFFER = 32 * 1024 * 1024
 DRAIN_MAX = 1000  # datagrams read per wake-up at most
+#: a send that fails on an earlier datagram's ICMP error is tried again (_attach): a new
+#: error can arrive in between, a third failure is the send's own (no route)
+SEND_TRIES = 3
 #: ICMP errors read per wake-up at most. Each is cheap (no parse, one future failed) and ends
 #: a transaction its timer would end later: at 1,000, a killed site's 10,000 "port
 #: unreachable" took ten passes of a saturated loop, and 5,923 of 10,002 probes timed out
@@ -128,6 +131,7 @@ class TransportStats:
     unmatched: int = 0
     timeouts: int = 0
     unreachable: int = 0  # transactions ended by an ICMP destination-unreachable
+    resent: int = 0  # sends failed by an earlier datagram's ICMP error, and sent again
     last_error: str = ""
     by_status: dict[int, int] = field(default_factory=dict)
     #: datagrams sent per "host METHOD" (responses as "host SIP/2.0"), retransmissions
@@ -204,12 +208,21 @@ class SipTransport(asyncio.DatagramProtocol):
         self._loop = loop
 
         def sendto(data: bytes, addr: Addr) -> None:
-            try:
-                sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):  # a full send buffer: the retransmission covers it
-                self.stats.last_error = "send buffer full"
-            except OSError as exc:  # e.g. ICMP unreachable reported on the next send
-                self.error_received(exc)
+            for _ in range(SEND_TRIES):
+                try:
+                    sock.sendto(data, addr)
+                    return
+                except (BlockingIOError, InterruptedError):  # a full send buffer: the retransmission covers it
+                    self.stats.last_error = "send buffer full"
+                    return
+                except OSError as exc:
+                    # With IP_RECVERR, an ICMP error about an earlier datagram, to any peer,
+                    # fails the next send, and that datagram is not sent: each "port
+                    # unreachable" from a killed site ate the next probe or REGISTER, to b
+                    # as well (3 % of a drill's probes to a healthy b timed out). Reporting
+                    # it cleared it: send again.
+                    self.error_received(exc)
+                    self.stats.resent += 1
 
         self._sendto = sendto
         loop.add_reader(sock.fileno(), self._drain)

@@ -160,7 +160,7 @@ async def one(n: int, phones: str) -> bool:
         now, then = d.transport.stats, d.sip_at_fault
         print("  the simulator's SIP socket after the fault: " + ", ".join(
             f"{k} {getattr(now, k) - getattr(then, k)}"
-            for k in ("sent", "received", "retransmissions", "timeouts", "unreachable")), flush=True)
+            for k in ("sent", "received", "retransmissions", "timeouts", "unreachable", "resent")), flush=True)
         sent_to = {k: v - then.sent_to.get(k, 0) for k, v in now.sent_to.items()}
         print("  sent to: " + ", ".join(f"{k} {v}" for k, v in sorted(sent_to.items(), key=lambda x: -x[1]) if v),
               flush=True)
