@@ -98,8 +98,11 @@ def render_baseline(site: SiteSpec, ami_secret: str, phones: int) -> dict[str, s
     return files
 
 
-def write_baseline(site: SiteSpec, files: dict[str, str], root_dir: Path | None = None) -> None:
+def write_baseline(site: SiteSpec, files: dict[str, str], root_dir: Path | None = None) -> bool:
     """Write the site's files; each via a temporary name and rename (never half-written).
+    Returns whether any file changed: `lab up` reloads a running Asterisk only then (a
+    drill's prepare, finding a site still booting after the previous drill's restore, ran
+    `lab up` and reloaded both sites for nothing).
 
     ``root_dir`` defaults to the site's folder in the chroot; `ccdr lab configs`
     writes the same tree elsewhere for docker-compose to mount.
@@ -108,12 +111,20 @@ def write_baseline(site: SiteSpec, files: dict[str, str], root_dir: Path | None 
     etc = base / "etc"
     for sub in ("etc", "etc/ccdr", "run", "log", "spool", "lib"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    changed = False
     for name, text in files.items():
         dst = etc / name
+        try:
+            if dst.read_text(encoding="utf-8") == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass  # missing or unreadable: written
         tmp = dst.with_name(f".{name}.tmp")
         with open(tmp, "w", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
             fh.write(text)
         tmp.replace(dst)
+        changed = True
+    return changed
 
 
 def pid(site: SiteSpec) -> int | None:

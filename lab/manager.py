@@ -134,12 +134,12 @@ def up(phones: int | None = None, say: Say = _quiet) -> dict[str, Any]:
     for s in SITES:
         network.ensure_site_netns(s)  # also heals a cut site
         files = asterisk_site.render_baseline(s, ami_secret(s), st.phones)
-        asterisk_site.write_baseline(s, files)
+        changed = asterisk_site.write_baseline(s, files)
         if asterisk_site.state(s) == "frozen":
             asterisk_site.thaw(s)
         running = asterisk_site.pid(s) is not None
         asterisk_site.start(s)
-        if running:
+        if running and changed:
             asterisk_site.rx(s, "core reload")
     for s in SITES:
         if not ami_login_ok(s.address, AMI_PORT, AMI_USER, ami_secret(s), timeout=5):

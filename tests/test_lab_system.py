@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from lab.system import all_threads_stopped, process_cpu_s, process_state
 
@@ -44,3 +45,20 @@ def test_process_cpu_s_counts_this_process_work() -> None:
     while time.process_time() < end:  # 50 ms of CPU, whatever the clock tick
         pass
     assert process_cpu_s(os.getpid()) - before >= 0.03
+
+
+def test_write_baseline_says_whether_a_file_changed(tmp_path: Path) -> None:
+    # `lab up` reloads a running Asterisk only when its files changed.
+    from lab import asterisk_site
+    from lab.layout import site
+
+    s = site("a")
+    files = {"pjsip.conf": "[global]\n", "manager.conf": "[general]\n"}
+    assert asterisk_site.write_baseline(s, files, tmp_path) is True
+    before = (tmp_path / "etc" / "pjsip.conf").stat().st_mtime_ns
+    assert asterisk_site.write_baseline(s, files, tmp_path) is False
+    assert (tmp_path / "etc" / "pjsip.conf").stat().st_mtime_ns == before  # not rewritten
+    assert asterisk_site.write_baseline(s, {**files, "manager.conf": "[general]\nenabled = yes\n"}, tmp_path) is True
+    assert (tmp_path / "etc" / "manager.conf").read_text() == "[general]\nenabled = yes\n"
+    (tmp_path / "etc" / "pjsip.conf").unlink()
+    assert asterisk_site.write_baseline(s, files, tmp_path) is True
