@@ -208,7 +208,7 @@ class SipTransport(asyncio.DatagramProtocol):
         self._loop = loop
 
         def sendto(data: bytes, addr: Addr) -> None:
-            for _ in range(SEND_TRIES):
+            for tries_left in reversed(range(SEND_TRIES)):
                 try:
                     sock.sendto(data, addr)
                     return
@@ -222,7 +222,8 @@ class SipTransport(asyncio.DatagramProtocol):
                     # as well (3 % of a drill's probes to a healthy b timed out). Reporting
                     # it cleared it: send again.
                     self.error_received(exc)
-                    self.stats.resent += 1
+                    if tries_left:
+                        self.stats.resent += 1
 
         self._sendto = sendto
         loop.add_reader(sock.fileno(), self._drain)
