@@ -154,6 +154,11 @@ class Timings:
     gc: GcPolicy = field(default_factory=GcPolicy)
     move_wave: MoveWave = field(default_factory=MoveWave)
 
+    def retry_at_once(self, up_for_s: float | None) -> bool:
+        """Whether a link that dropped after ``up_for_s`` up (None: it never came up) is
+        tried again at once rather than after the backoff (``reconnect_at_once_after_s``)."""
+        return up_for_s is not None and up_for_s >= self.reconnect_at_once_after_s
+
 
 @dataclass(frozen=True)
 class Topology:

@@ -260,8 +260,8 @@ class AsteriskClient(PbxClient):
             self._note_refused(refused)
             self._set_state(LinkState.UNREACHABLE)
             self._first_attempt.set()
-            if up_since is not None and self.clock.now() - up_since >= self.timings.reconnect_at_once_after_s:
-                delay = 0.0  # the first retry after a long-lived link drops (Timings)
+            if self.timings.retry_at_once(None if up_since is None else self.clock.now() - up_since):
+                delay = 0.0
             else:
                 delay = self.timings.reconnect.delay(attempt, random.random())
                 attempt += 1

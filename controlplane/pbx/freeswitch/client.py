@@ -288,8 +288,8 @@ class FreeswitchClient(PbxClient):
             self._first.set()
             if was_up:
                 attempt = 0
-            if was_up and self._clock() - self._up_since >= self.timings.reconnect_at_once_after_s:
-                continue  # the first retry after a long-lived link drops is at once (Timings)
+            if was_up and self.timings.retry_at_once(self._clock() - self._up_since):
+                continue
             await asyncio.sleep(self.timings.reconnect.delay(attempt, random.random()))
             attempt += 1
 
