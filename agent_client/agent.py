@@ -855,8 +855,12 @@ class Agent:
             self._to(AgentState.MOVING, self._confirmed)
         self._wake.set()
 
+    def _failing(self) -> str:
+        """The failing signals, as SUSPECT and MOVING events name them."""
+        return ", ".join(s.value for s in self.detector.failing)
+
     def _confirmation(self) -> str:
-        return "confirmed: " + ", ".join(s.value for s in self.detector.failing)
+        return "confirmed: " + self._failing()
 
     def _pbx_down(self, sess: _Session, certain: bool) -> None:
         """The session's site says its PBX is down. The second, different signal is asked
@@ -874,7 +878,7 @@ class Agent:
             return
         self._wake_on_probe = True
         if self.state is AgentState.READY:
-            self._to(AgentState.SUSPECT, ", ".join(s.value for s in self.detector.failing))
+            self._to(AgentState.SUSPECT, self._failing())
 
     def _on_line(self, ev: LineEvent) -> None:
         if ev.kind is LineEventKind.REGISTRATION_FAILED:
@@ -919,7 +923,7 @@ class Agent:
                 failing = frozenset(self.detector.failing)
                 want = AgentState.SUSPECT if failing else AgentState.READY
                 if want is not self.state:
-                    self._to(want, ", ".join(s.value for s in self.detector.failing))
+                    self._to(want, self._failing())
                 probes.failing(failing, now)
                 if probes.take(now):
                     self._probe()
